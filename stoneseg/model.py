@@ -13,8 +13,8 @@ classification_models' pre-activation ResNet, layer for layer, with two delibera
 Together they remove 4,105 of segmentation_models' 14,340,570 parameters (9 in `bn_data`,
 4,096 in that shortcut): 14,336,465 for resnet18, 24,452,049 for resnet34.
 
-Only `keras.layers` are used, so the model saves to `.keras`, loads with `safe_mode=True`,
-compiles with XLA, and runs on any Keras backend.
+Only `keras.layers` are used (no `tf.*`, no `Lambda`, no custom layers), so the model saves to
+`.keras`, loads with `safe_mode=True` and compiles with XLA (`jit_compile=True`).
 """
 
 import keras
