@@ -103,7 +103,7 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def target_size(size: Size) -> tuple[int, int]:
     """(height, width) from an int (square) or a (height, width) pair of positive ints."""
-    hw = (size, size) if isinstance(size, int) else tuple(size)
+    hw = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (tuple, list)) else ()
     if len(hw) != 2 or not all(isinstance(n, int) and n > 0 for n in hw):
         raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
     return hw
