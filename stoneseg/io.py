@@ -15,11 +15,14 @@ import numpy as np
 Size = int | tuple[int, int]
 
 # The JPEG scale-down is the largest of 1/8, 1/4, 1/2 that leaves at least REDUCTION_MARGIN x the target
-# size, so the final INTER_AREA resize still averages >= 2 decoded pixels per output pixel. With a margin
-# of 1 (just "at least the target size") the two-stage result drifted from a full-resolution area resize
-# by 2.2 grey levels (mean abs.) on stones20/Image12 at 256 and by 2.7 on a 3456x4806 photo; with 2 it is
-# 0.6 and 1.6. The DCT decode itself matches a box average to 0.3 grey levels.
-REDUCTION_MARGIN = 2
+# size on both axes; INTER_AREA then does the rest. The DCT decode itself matches a box average closely
+# (0.3 grey levels), but the two-stage result is slightly blurrier than one full-resolution area resize,
+# most when the second stage is small. Mean absolute difference from full decode + area resize, size 256:
+#   margin 1 (just "at least the target size"): stones20 0.3-4.4 grey levels (Image12: 2.2);
+#   margin 1.5: stones20 0-2.7 (Image12: 0.6, only the densely textured Image10/11 above 2), and the
+#       3456x4806 sample keeps the 1/8 decode (1.1 grey levels);
+#   margin 2: no better on Image10/11, and the sample drops to the 1/4 decode (~40% more decode time).
+REDUCTION_MARGIN = 1.5
 _REDUCED_COLOUR = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2,
                    1: cv2.IMREAD_COLOR}
 _REDUCED_GREY = {8: cv2.IMREAD_REDUCED_GRAYSCALE_8, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
@@ -209,7 +212,7 @@ def _read_jpeg_header(data: bytes, name: str) -> _JpegHeader:
         position += 2 + length
     if frame is None or min(frame) == 0:
         raise ImageError(name, "corrupt JPEG header (no usable frame size)")
-    if data.find(b"\xff\xd9", position) < 0:  # cannot occur inside entropy-coded data (0xFF is stuffed)
+    if data.rfind(b"\xff\xd9") < position:  # cannot occur inside entropy-coded data (0xFF is stuffed)
         raise ImageError(name, "truncated JPEG (no end-of-image marker after the image data)")
     return _JpegHeader(*frame, orientation=orientation)
 

@@ -1,0 +1,510 @@
+"""Photos + masks -> resized, sharded TFRecords and manifest.json (format: records/README.md).
+
+    python -m tools.build_records [--data DIR] [--out records/] [--size 256] [--val-fraction 0.2] ...
+
+Each photo is decoded once, in worker processes, by stoneseg.io (the same code prediction uses). All
+pairs are decoded and checked before anything is written; the shards and the manifest are written into
+a staging folder inside --out and moved into place only when complete.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from stoneseg import io
+
+# Only light imports above: decode workers re-import this module, and must never load TensorFlow.
+# TensorFlow, Keras and scikit-learn are imported inside the functions that run in the parent.
+
+FORMAT_VERSION = 1
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO / "data" / "sample"
+DEFAULT_OUT = REPO / "records"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MASK_TAG = "_label"
+MANIFEST = "manifest.json"
+SHARD_FILE = re.compile(r".+\.tfrecord(\.gz)?")
+STAGING_PREFIX = ".staging-"
+SPLITS = ("train", "val", "test")
+MIN_TRAIN_SHARDS = 8  # so a multi-worker job can shard the training set by file
+MIN_OTHER_SHARDS = 2
+TARGET_SHARD_BYTES = 100 * 2**20
+
+
+class Problem(NamedTuple):
+    """Why a file cannot be used."""
+    file: str  # path relative to the input folder
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.problem}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    photo: str  # paths relative to the input folder, "/"-separated
+    mask: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Inventory:
+    """What an input folder holds: usable pairs, photos that cannot be paired, and ignored files."""
+    pairs: list[Pair]
+    problems: list[Problem]
+    strays: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One decoded pair, as a worker hands it back: exactly what goes into its record."""
+    source: str
+    image_png: bytes
+    mask_png: bytes
+    size: tuple[int, int]  # resized (height, width)
+    source_size: tuple[int, int]  # original (height, width), EXIF-oriented
+    sha256: str
+    stone_fraction: float
+
+
+class InputError(Exception):
+    """The run cannot start: missing input, no photos, or records already in the way."""
+
+
+# ----------------------------------------------------------------------------- pairing
+def find_pairs(data: Path) -> Inventory:
+    """Pair photos with masks in `data`: the `images/` + `masks/` layout if `images/` exists, else flat.
+
+    Flat (the prototype's): X.<ext> with mask X_label.<ext>. Folders: images/X.<ext> with masks/X.<ext>
+    or masks/X_label.<ext>. <ext> is .jpg, .jpeg or .png in any case; names are case-sensitive otherwise.
+    Anything else is a stray: ignored and listed.
+    """
+    if not data.exists():
+        raise InputError(f"input folder {data} does not exist")
+    if not data.is_dir():
+        raise InputError(f"input {data} is not a folder")
+    if (data / "images").is_dir():
+        strays = [_relative(path, data) for path in sorted(data.iterdir()) if path.name not in ("images", "masks")]
+        photos, photo_strays = _images_by_stem(data / "images", data, strip_tag=False)
+        masks, mask_strays = _images_by_stem(data / "masks", data, strip_tag=True)
+        expected = "a mask masks/{stem}.<ext> or masks/{stem}_label.<ext>"
+        if not (data / "masks").is_dir():
+            expected = "a masks/ folder beside images/"
+        strays += photo_strays + mask_strays
+    else:
+        images, strays = _images_by_stem(data, data, strip_tag=False)
+        photos, masks = {}, {}
+        for stem, paths in images.items():
+            if _is_mask(stem):
+                masks.setdefault(stem[:-len(MASK_TAG)], []).extend(paths)
+            else:
+                photos[stem] = paths
+        expected = "a mask {stem}_label.jpg, .jpeg or .png"
+    pairs, problems = [], []
+    for stem, stem_photos in photos.items():
+        stem_masks = masks.pop(stem, [])
+        if len(stem_photos) > 1:
+            problems += [Problem(photo, f"more than one photo is called {stem}: {', '.join(stem_photos)}")
+                         for photo in stem_photos]
+        elif not stem_masks:
+            problems.append(Problem(stem_photos[0], "no mask: expected " + expected.format(stem=stem)))
+        elif len(stem_masks) > 1:
+            problems.append(Problem(stem_photos[0], f"more than one mask: {', '.join(stem_masks)}"))
+        else:
+            pairs.append(Pair(stem_photos[0], stem_masks[0]))
+    strays += [mask for stem_masks in masks.values() for mask in stem_masks]  # masks without a photo
+    return Inventory(sorted(pairs, key=lambda pair: pair.photo), sorted(problems), sorted(strays))
+
+
+def _images_by_stem(folder: Path, data: Path, strip_tag: bool) -> tuple[dict[str, list[str]], list[str]]:
+    """Image files in `folder` grouped by stem (without a trailing _label if `strip_tag`), and the rest."""
+    images, rest = {}, []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            stem = path.stem[:-len(MASK_TAG)] if strip_tag and _is_mask(path.stem) else path.stem
+            images.setdefault(stem, []).append(_relative(path, data))
+        else:
+            rest.append(_relative(path, data))
+    return images, rest
+
+
+def _is_mask(stem: str) -> bool:
+    return stem.lower().endswith(MASK_TAG)
+
+
+def _relative(path: Path, data: Path) -> str:
+    return path.relative_to(data).as_posix() + ("/" if path.is_dir() else "")
+
+
+# ----------------------------------------------------------------------------- decoding (worker processes)
+def decode_pair(data: Path, pair: Pair, size: tuple[int, int]) -> Example | list[Problem]:
+    """Decode, check and PNG-encode one pair; every problem found, or the finished Example."""
+    decoded, problems = {}, []
+    for name, decode in ((pair.photo, io.decode_photo), (pair.mask, io.decode_mask)):
+        try:
+            content = (data / name).read_bytes()
+            decoded[name] = content, *decode(content, size, name)
+        except OSError as error:
+            problems.append(Problem(name, f"cannot be read ({error.strerror or error})"))
+        except io.ImageError as error:
+            problems.append(Problem(error.file, error.problem))
+    if problems:
+        return problems
+    (content, image, photo_size), (_, mask, mask_size) = decoded[pair.photo], decoded[pair.mask]
+    if mask_size != photo_size:
+        transposed = (" (the sizes are transposed: the two files' EXIF orientations may disagree)"
+                      if mask_size == photo_size[::-1] else "")
+        return [Problem(pair.mask, f"mask size {_wxh(mask_size)} differs from its photo {pair.photo}, "
+                                   f"{_wxh(photo_size)}{transposed}")]
+    return Example(source=pair.photo, image_png=io.encode_png(image), mask_png=io.encode_png(mask),
+                   size=image.shape[:2], source_size=photo_size, sha256=hashlib.sha256(content).hexdigest(),
+                   stone_fraction=float(mask.mean()))
+
+
+def _wxh(size: tuple[int, int]) -> str:
+    return f"{size[1]}x{size[0]} (width x height)"
+
+
+def _start_worker() -> None:
+    cv2.setNumThreads(1)  # one pair per process already keeps every core busy
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def decode_all(data: Path, pairs: list[Pair], size: tuple[int, int], workers: int) -> list[Example | list[Problem]]:
+    """decode_pair for every pair, in input order, on `workers` processes, with a progress bar."""
+    job = _DecodeJob(data, size)
+    if workers <= 1 or len(pairs) <= 1:
+        from keras.utils import Progbar
+
+        return _with_progress(map(job, pairs), len(pairs), Progbar)
+    # The workers come from a fork server (spawn where there is none), never from forking this process:
+    # it may already run TensorFlow threads. The server preloads OpenCV and NumPy, so workers start fast.
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload([io.__name__])
+    with context.Pool(min(workers, len(pairs)), initializer=_start_worker) as pool:
+        results = pool.imap(job, pairs)
+        from keras.utils import Progbar  # imported (seconds) while the workers already decode
+
+        return _with_progress(results, len(pairs), Progbar)
+
+
+@dataclasses.dataclass(frozen=True)
+class _DecodeJob:
+    """decode_pair with the folder and size bound, picklable for the worker pool."""
+    data: Path
+    size: tuple[int, int]
+
+    def __call__(self, pair: Pair) -> Example | list[Problem]:
+        return decode_pair(self.data, pair, self.size)
+
+
+def _with_progress(results, count: int, progbar_class) -> list:
+    progress = progbar_class(count, unit_name="photo")
+    collected = []
+    for result in results:
+        collected.append(result)
+        progress.add(1)
+    return collected
+
+
+# ----------------------------------------------------------------------------- split and shards
+def split_sources(names: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
+    """Assign each source photo to one split with scikit-learn, deterministically for `seed`.
+
+    Names are sorted first, so directory order does not matter. With >= 2 photos a positive
+    val_fraction gives at least one validation photo (a positive test_fraction: one test photo from 3
+    photos up); at least one photo always stays in train. Empty splits are left out.
+    """
+    from sklearn.model_selection import train_test_split
+
+    names = sorted(names)
+    count = len(names)
+    n_val = max(round(val_fraction * count), 1 if val_fraction > 0 and count >= 2 else 0)
+    n_test = max(round(test_fraction * count), 1 if test_fraction > 0 and count >= 3 else 0)
+    n_val = min(n_val, count - 1)
+    n_test = min(n_test, count - 1 - n_val)
+    if n_val + n_test:
+        train, held_out = train_test_split(names, test_size=n_val + n_test, random_state=seed)
+    else:
+        train, held_out = names, []
+    splits = {"train": train, "val": held_out[:n_val], "test": held_out[n_val:]}
+    return {split: members for split, members in splits.items() if members}
+
+
+def shard_count(split: str, examples: int, total_bytes: int, train_shards: int | None) -> int:
+    """Shards for a split: train at least MIN_TRAIN_SHARDS (or --shards), others at least 2, more for big
+    splits (about TARGET_SHARD_BYTES each), never more shards than examples."""
+    by_size = math.ceil(total_bytes / TARGET_SHARD_BYTES)
+    if split == "train":
+        wanted = train_shards or max(MIN_TRAIN_SHARDS, by_size)
+    else:
+        wanted = max(MIN_OTHER_SHARDS, by_size)
+    return max(1, min(examples, wanted))
+
+
+def to_tf_example(example: Example) -> bytes:
+    """The serialized tf.train.Example of one record (features: records/README.md)."""
+    import tensorflow as tf
+
+    def as_bytes(value: bytes) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def as_int(value: int) -> tf.train.Feature:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    features = {
+        "image/png": as_bytes(example.image_png),
+        "mask/png": as_bytes(example.mask_png),
+        "image/height": as_int(example.size[0]),
+        "image/width": as_int(example.size[1]),
+        "source/name": as_bytes(example.source.encode()),
+        "source/height": as_int(example.source_size[0]),
+        "source/width": as_int(example.source_size[1]),
+        "source/sha256": as_bytes(example.sha256.encode()),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def write_shard(path: Path, examples: list[Example], gzip: bool) -> None:
+    import tensorflow as tf
+
+    options = tf.io.TFRecordOptions(compression_type="GZIP" if gzip else "")
+    with tf.io.TFRecordWriter(str(path), options) as writer:
+        for example in examples:
+            writer.write(to_tf_example(example))
+
+
+# ----------------------------------------------------------------------------- atomic output
+def existing_records(out: Path) -> list[Path]:
+    """The manifest and shard files in `out` (other files, such as README.md, are never touched)."""
+    if not out.is_dir():
+        return []
+    return sorted(path for path in out.iterdir()
+                  if path.is_file() and (path.name == MANIFEST or SHARD_FILE.fullmatch(path.name)))
+
+
+def write_records(out: Path, shards: dict[str, list[Example]], manifest: dict, gzip: bool) -> None:
+    """Write the shards and the manifest into a staging folder inside `out`, then publish them."""
+    created_out = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
+    try:
+        for name, examples in shards.items():
+            write_shard(staging / name, examples, gzip)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _publish(staging, out, list(shards))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created_out and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    shutil.rmtree(staging)  # holds the replaced set, if any
+
+
+def _publish(staging: Path, out: Path, shard_names: list[str]) -> None:
+    """Swap the finished set in `staging` into `out` by renames (same filesystem, so each is atomic).
+
+    Order: (1) the old manifest.json moves aside first, so from that instant a reader (training reads
+    the manifest first) finds no records rather than a mix; (2) the old shards follow it; (3) the new
+    shards move in; (4) the new manifest.json moves in last: that single rename is the commit point.
+    Only (1)-(4), a few renames, are a window in which `out` holds no complete set. If any rename fails,
+    the done ones are undone in reverse order, which restores the old set byte for byte. The old set
+    waits in staging/replaced/ and is deleted with the staging folder after the commit.
+    """
+    replaced = staging / "replaced"
+    replaced.mkdir()
+    old = existing_records(out)
+    old.sort(key=lambda path: path.name != MANIFEST)  # the manifest leaves first
+    moves = [(path, replaced / path.name) for path in old]
+    moves += [(staging / name, out / name) for name in shard_names] + [(staging / MANIFEST, out / MANIFEST)]
+    done = []
+    try:
+        for source, target in moves:
+            os.replace(source, target)
+            done.append((source, target))
+    except BaseException:
+        for source, target in reversed(done):
+            os.replace(target, source)
+        raise
+
+
+def _remove_abandoned_staging(out: Path) -> None:
+    """Delete staging folders left by killed runs, unless one holds a replaced set (then only warn)."""
+    for folder in out.glob(STAGING_PREFIX + "*"):
+        pid = folder.name[len(STAGING_PREFIX):].split("-")[0]
+        if not pid.isdigit() or _is_running(int(pid)):
+            continue
+        if any((folder / "replaced").glob("*")):
+            print(f"warning: {folder} holds the records an interrupted run was replacing; "
+                  "move them back into place or delete the folder", file=sys.stderr)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------- the command line
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.build_records",
+        description="Decode stone photos and their black/white masks once (JPEG DCT-domain downscaling in "
+                    "parallel worker processes), resize them to --size, split them by source photo into "
+                    "train/val/test, and write TFRecord shards plus manifest.json (format: records/README.md). "
+                    "Every pair is checked before anything is written: on any problem the run lists them all "
+                    "and writes nothing, unless --skip-bad.",
+        epilog="Input layouts: flat, the prototype's (X.JPG with mask X_label.jpg), or images/X.jpg with "
+               "masks/X.png or masks/X_label.png; extensions .jpg/.jpeg/.png in any case. Other files are "
+               "ignored and listed. Shards: train gets max(8, total MB/100) shards, val and test max(2, "
+               "total MB/100), never more than their photos; --shards sets the train count.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", type=Path, default=None,
+                        help="input folder (default: the synthetic sample data/sample, written first if missing)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    parser.add_argument("--size", type=int, nargs="+", default=[256], metavar="N",
+                        help="resized size: N for NxN, or HEIGHT WIDTH")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of photos for validation")
+    parser.add_argument("--test-fraction", type=float, default=0.0, help="share of photos for test")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the split")
+    parser.add_argument("--shards", type=int, default=None, metavar="N", help="train shards (default: see below)")
+    parser.add_argument("--workers", type=int, default=_cores(), metavar="N", help="decode processes")
+    parser.add_argument("--gzip", action="store_true", help="GZIP-compress the shards (.tfrecord.gz)")
+    parser.add_argument("--overwrite", action="store_true", help="replace records already in --out")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip bad pairs (listed, and in the manifest's 'skipped') instead of stopping")
+    args = parser.parse_args(argv)
+    if len(args.size) > 2 or min(args.size) < 1:
+        parser.error("--size takes one or two positive integers")
+    if not (0 <= args.val_fraction < 1 and 0 <= args.test_fraction < 1
+            and args.val_fraction + args.test_fraction < 1):
+        parser.error("--val-fraction and --test-fraction must be in [0, 1) and sum to less than 1")
+    if args.shards is not None and args.shards < 1 or args.workers < 1:
+        parser.error("--shards and --workers must be at least 1")
+    return args
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tool; returns the exit status (0 done, 1 bad input or records in the way)."""
+    started = time.perf_counter()
+    args = parse_args(argv)
+    size = (args.size[0], args.size[-1])
+    try:
+        in_the_way = existing_records(args.out)
+        if in_the_way and not args.overwrite:
+            raise InputError(f"{args.out} already holds records ({', '.join(p.name for p in in_the_way[:3])}"
+                             f"{', ...' if len(in_the_way) > 3 else ''}); pass --overwrite to replace them")
+        data = args.data if args.data is not None else _default_sample()
+        inventory = find_pairs(data)
+        if not inventory.pairs and not inventory.problems:
+            raise InputError(f"no photos in {data} (expected X.jpg/.jpeg/.png with X_label.<ext>, or images/ "
+                             f"and masks/ folders){_listing(' ignored', inventory.strays)}")
+    except InputError as error:
+        print(f"build_records: error: {error}", file=sys.stderr)
+        return 1
+
+    print(f"Decoding {len(inventory.pairs)} photo/mask pairs from {data} at {size[0]}x{size[1]} "
+          f"on {min(args.workers, max(1, len(inventory.pairs)))} processes")
+    results = decode_all(data, inventory.pairs, size, args.workers)
+    examples = [result for result in results if isinstance(result, Example)]
+    problems = inventory.problems + [problem for result in results if isinstance(result, list) for problem in result]
+
+    if problems and not args.skip_bad:
+        print(f"build_records: {len(problems)} problem(s) in {data}; nothing was written "
+              "(fix them, or pass --skip-bad to leave those pairs out):", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    if not examples:
+        print(f"build_records: error: no usable pair in {data}; nothing was written", file=sys.stderr)
+        return 1
+
+    by_source = {example.source: example for example in examples}
+    splits = split_sources(list(by_source), args.val_fraction, args.test_fraction, args.seed)
+    suffix = ".tfrecord.gz" if args.gzip else ".tfrecord"
+    shards, manifest_splits = {}, {}
+    for split, sources in splits.items():
+        members = [by_source[source] for source in sources]
+        total_bytes = sum(len(m.image_png) + len(m.mask_png) for m in members)
+        count = shard_count(split, len(members), total_bytes, args.shards)
+        names = [f"{split}-{index:05d}-of-{count:05d}{suffix}" for index in range(count)]
+        shards.update({name: members[index::count] for index, name in enumerate(names)})
+        manifest_splits[split] = {
+            "shards": names,
+            "examples": len(members),
+            "stone_fraction": round(float(np.mean([m.stone_fraction for m in members])), 4),
+            "sources": sorted(sources),
+        }
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "image_size": list(size),
+        "compression": "GZIP" if args.gzip else None,
+        "seed": args.seed,
+        "val_fraction": args.val_fraction,
+        "test_fraction": args.test_fraction,
+        "splits": manifest_splits,
+        "skipped": [problem._asdict() for problem in problems],
+        "strays": inventory.strays,
+        "input": str(data),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_records(args.out, shards, manifest, args.gzip)
+    _print_summary(args.out, manifest, len(examples), time.perf_counter() - started)
+    return 0
+
+
+def _default_sample() -> Path:
+    if not DEFAULT_DATA.exists():
+        print(f"No --data given and {DEFAULT_DATA} is missing: writing the synthetic sample there first "
+              "(python -m tools.make_sample)")
+        from tools.make_sample import write_sample
+
+        write_sample(DEFAULT_DATA)
+    return DEFAULT_DATA
+
+
+def _listing(label: str, names: list[str]) -> str:
+    return f";{label}: {', '.join(names)}" if names else ""
+
+
+def _print_summary(out: Path, manifest: dict, count: int, elapsed: float) -> None:
+    print(f"\nWrote {count} photos to {out} in {elapsed:.1f} s ({count / elapsed:.1f} photos/s)")
+    print(f"  {'split':<6}{'photos':>8}{'shards':>8}{'stone fraction':>16}")
+    for split, entry in manifest["splits"].items():
+        print(f"  {split:<6}{entry['examples']:>8}{len(entry['shards']):>8}{entry['stone_fraction']:>16.3f}")
+    print(f"  ignored files: {', '.join(manifest['strays']) or 'none'}")
+    print(f"  skipped: {len(manifest['skipped']) or 'none'}")
+    for problem in manifest["skipped"]:
+        print(f"    {problem['file']}: {problem['problem']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
