@@ -431,9 +431,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build_records: error: {error}", file=sys.stderr)
         return 1
 
-    print(f"Decoding {len(inventory.pairs)} photo/mask pairs from {data} at {size[0]}x{size[1]} "
-          f"on {min(args.workers, max(1, len(inventory.pairs)))} processes")
-    results = decode_all(data, inventory.pairs, size, args.workers)
+    workers = min(args.workers, max(1, len(inventory.pairs)))
+    print(f"Decoding {len(inventory.pairs)} photo/mask pair(s) from {data} at {size[0]}x{size[1]} "
+          f"in {workers} process(es)")
+    results = decode_all(data, inventory.pairs, size, workers)
     examples = [result for result in results if isinstance(result, Example)]
     problems = inventory.problems + [problem for result in results if isinstance(result, list) for problem in result]
 
@@ -496,7 +497,7 @@ def _listing(label: str, names: list[str]) -> str:
 
 
 def _print_summary(out: Path, manifest: dict, count: int, elapsed: float) -> None:
-    print(f"\nWrote {count} photos to {out} in {elapsed:.1f} s ({count / elapsed:.1f} photos/s)")
+    print(f"\nWrote {count} photo(s) to {out} in {elapsed:.1f} s ({count / elapsed:.1f} photos/s)")
     print(f"  {'split':<6}{'photos':>8}{'shards':>8}{'stone fraction':>16}")
     for split, entry in manifest["splits"].items():
         print(f"  {split:<6}{entry['examples']:>8}{len(entry['shards']):>8}{entry['stone_fraction']:>16.3f}")
