@@ -191,7 +191,7 @@ def decode_all(data: Path, pairs: list[Pair], size: tuple[int, int], workers: in
     if workers <= 1 or len(pairs) <= 1:
         from keras.utils import Progbar
 
-        return _with_progress(map(job, pairs), len(pairs), Progbar)
+        return _collect(map(job, pairs), Progbar(len(pairs), unit_name="photo"))
     # The workers come from a fork server (spawn where there is none), never from forking this process:
     # it may already run TensorFlow threads. The server preloads OpenCV and NumPy, so workers start fast.
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
@@ -202,7 +202,7 @@ def decode_all(data: Path, pairs: list[Pair], size: tuple[int, int], workers: in
         results = pool.imap(job, pairs)
         from keras.utils import Progbar  # imported (seconds) while the workers already decode
 
-        return _with_progress(results, len(pairs), Progbar)
+        return _collect(results, Progbar(len(pairs), unit_name="photo"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,8 +215,7 @@ class _DecodeJob:
         return decode_pair(self.data, pair, self.size)
 
 
-def _with_progress(results, count: int, progbar_class) -> list:
-    progress = progbar_class(count, unit_name="photo")
+def _collect(results, progress) -> list:
     collected = []
     for result in results:
         collected.append(result)
@@ -375,28 +374,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m tools.build_records",
         description="Decode stone photos and their black/white masks once (JPEG DCT-domain downscaling in "
                     "parallel worker processes), resize them to --size, split them by source photo into "
-                    "train/val/test, and write TFRecord shards plus manifest.json (format: records/README.md). "
-                    "Every pair is checked before anything is written: on any problem the run lists them all "
-                    "and writes nothing, unless --skip-bad.",
+                    "train/val/test, and write TFRecord shards plus manifest.json (format: records/README.md).",
         epilog="Input layouts: flat, the prototype's (X.JPG with mask X_label.jpg), or images/X.jpg with "
                "masks/X.png or masks/X_label.png; extensions .jpg/.jpeg/.png in any case. Other files are "
-               "ignored and listed. Shards: train gets max(8, total MB/100) shards, val and test max(2, "
-               "total MB/100), never more than their photos; --shards sets the train count.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", type=Path, default=None,
+               "ignored and listed. "
+               "Bad input: every pair is checked before anything is written. Truncated, corrupt or empty "
+               "files, a missing mask, a mask whose size differs from its photo and a mask that is not "
+               "black/white are all listed with their file names, and nothing is written (exit status 1) "
+               "unless --skip-bad. "
+               "Shards: train gets max(8, total MB / 100) shards, val and test max(2, total MB / 100), "
+               "never more than their photos; --shards sets the train count.")
+    parser.add_argument("--data", type=Path, default=None, metavar="DIR",
                         help="input folder (default: the synthetic sample data/sample, written first if missing)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                        help="output folder (default: records/ in the repository)")
     parser.add_argument("--size", type=int, nargs="+", default=[256], metavar="N",
-                        help="resized size: N for NxN, or HEIGHT WIDTH")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of photos for validation")
-    parser.add_argument("--test-fraction", type=float, default=0.0, help="share of photos for test")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the split")
-    parser.add_argument("--shards", type=int, default=None, metavar="N", help="train shards (default: see below)")
-    parser.add_argument("--workers", type=int, default=_cores(), metavar="N", help="decode processes")
+                        help="resized size: N for NxN, or HEIGHT WIDTH (default: 256)")
+    parser.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
+                        help="share of photos for validation (default: %(default)s)")
+    parser.add_argument("--test-fraction", type=float, default=0.0, metavar="F",
+                        help="share of photos for test (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the split (default: %(default)s)")
+    parser.add_argument("--shards", type=int, default=None, metavar="N", help="number of train shards")
+    parser.add_argument("--workers", type=int, default=_cores(), metavar="N",
+                        help="decode processes (default: all cores, %(default)s)")
     parser.add_argument("--gzip", action="store_true", help="GZIP-compress the shards (.tfrecord.gz)")
     parser.add_argument("--overwrite", action="store_true", help="replace records already in --out")
     parser.add_argument("--skip-bad", action="store_true",
-                        help="skip bad pairs (listed, and in the manifest's 'skipped') instead of stopping")
+                        help="leave bad pairs out (listed, and in the manifest's 'skipped') instead of stopping")
     args = parser.parse_args(argv)
     if len(args.size) > 2 or min(args.size) < 1:
         parser.error("--size takes one or two positive integers")
