@@ -162,7 +162,7 @@ def _imdecode(buffer: np.ndarray, flags: int, name: str) -> np.ndarray:
     except cv2.error:
         image = None
     if image is None:
-        raise ImageError(name, "corrupt or unsupported image data (OpenCV could not decode it)")
+        raise ImageError(name, "corrupt, truncated or unsupported image data (OpenCV could not decode it)")
     return image
 
 

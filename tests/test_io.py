@@ -148,6 +148,26 @@ def test_truncated_jpeg_is_rejected(tmp_path, stones20, keep):
         io.read_photo(cut, 64)
 
 
+def test_progressive_jpeg_reads_reduced_and_its_truncation_is_caught(tmp_path):
+    bgr = textured_bgr(96, 128)
+    ok, buffer = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1, cv2.IMWRITE_JPEG_QUALITY, 95])
+    (tmp_path / "progressive.jpg").write_bytes(buffer.tobytes())
+    rgb, original = io.read_photo(tmp_path / "progressive.jpg", 32)
+    assert original == (96, 128) and io._reduction(original, (32, 32)) == 2
+    reference = cv2.resize(bgr[..., ::-1], (32, 32), interpolation=cv2.INTER_AREA)
+    assert np.abs(rgb.astype(np.int16) - reference).mean() < 3
+    (tmp_path / "cut.jpg").write_bytes(buffer.tobytes()[: len(buffer) * 3 // 4])
+    with pytest.raises(io.ImageError, match="truncated JPEG"):
+        io.read_photo(tmp_path / "cut.jpg", 32)
+
+
+def test_truncated_png_is_rejected(tmp_path):
+    ok, buffer = cv2.imencode(".png", textured_bgr(64, 64))
+    (tmp_path / "cut.png").write_bytes(buffer.tobytes()[:-20])
+    with pytest.raises(io.ImageError, match=r"cut\.png: corrupt, truncated or unsupported image data"):
+        io.read_photo(tmp_path / "cut.png", 16)
+
+
 def test_truncated_header_is_rejected(tmp_path):
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(write_jpeg(tmp_path / "whole.jpg", textured_bgr(32, 32)).read_bytes()[:40])
@@ -158,7 +178,7 @@ def test_truncated_header_is_rejected(tmp_path):
 def test_corrupt_files_are_rejected(tmp_path):
     garbage = tmp_path / "garbage.JPG"
     garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
-    with pytest.raises(io.ImageError, match=r"garbage\.JPG: corrupt or unsupported image data"):
+    with pytest.raises(io.ImageError, match=r"garbage\.JPG: corrupt, truncated or unsupported image data"):
         io.read_photo(garbage, 8)
 
     data = bytearray(write_jpeg(tmp_path / "whole.jpg", textured_bgr(32, 32)).read_bytes())
