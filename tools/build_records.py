@@ -419,7 +419,6 @@ def _cores() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the tool; returns the exit status (0 done, 1 bad input or records in the way)."""
-    started = time.perf_counter()
     args = parse_args(argv)
     size = (args.size[0], args.size[-1])
     try:
@@ -436,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build_records: error: {error}", file=sys.stderr)
         return 1
 
+    started = time.perf_counter()  # after any sample writing: the summary times the build alone
     workers = min(args.workers, max(1, len(inventory.pairs)))
     print(f"Decoding {len(inventory.pairs)} photo/mask pair(s) from {data} at {size[0]}x{size[1]} "
           f"in {workers} process(es)")
