@@ -10,6 +10,7 @@ a staging folder inside --out and moved into place only when complete.
 import argparse
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import math
@@ -41,7 +42,6 @@ MASK_TAG = "_label"
 MANIFEST = "manifest.json"
 SHARD_FILE = re.compile(r".+\.tfrecord(\.gz)?")
 STAGING_PREFIX = ".staging-"
-SPLITS = ("train", "val", "test")
 MIN_TRAIN_SHARDS = 8  # so a multi-worker job can shard the training set by file
 MIN_OTHER_SHARDS = 2
 TARGET_SHARD_BYTES = 100 * 2**20
@@ -187,7 +187,7 @@ def _start_worker() -> None:
 
 def decode_all(data: Path, pairs: list[Pair], size: tuple[int, int], workers: int) -> list[Example | list[Problem]]:
     """decode_pair for every pair, in input order, on `workers` processes, with a progress bar."""
-    job = _DecodeJob(data, size)
+    job = functools.partial(decode_pair, data, size=size)
     if workers <= 1 or len(pairs) <= 1:
         from keras.utils import Progbar
 
@@ -203,16 +203,6 @@ def decode_all(data: Path, pairs: list[Pair], size: tuple[int, int], workers: in
         from keras.utils import Progbar  # imported (seconds) while the workers already decode
 
         return _collect(results, Progbar(len(pairs), unit_name="photo"))
-
-
-@dataclasses.dataclass(frozen=True)
-class _DecodeJob:
-    """decode_pair with the folder and size bound, picklable for the worker pool."""
-    data: Path
-    size: tuple[int, int]
-
-    def __call__(self, pair: Pair) -> Example | list[Problem]:
-        return decode_pair(self.data, pair, self.size)
 
 
 def _collect(results, progress) -> list:
