@@ -20,3 +20,23 @@ def stones20() -> Path:
             pytest.fail(f"{STONES20} is missing: CI needs ../shared beside the clone")
         pytest.skip(f"{STONES20} is not here")
     return STONES20
+
+
+@pytest.fixture(scope="session")
+def tiny_photos(tmp_path_factory) -> Path:
+    """Ten small synthetic photos with masks, in the prototype's layout."""
+    from tools.make_sample import write_sample
+
+    folder = tmp_path_factory.mktemp("tiny") / "photos"
+    write_sample(folder, count=10, height=96, width=128, seed=1, workers=1)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_records(tiny_photos, tmp_path_factory) -> Path:
+    """tiny_photos as 64×64 records: 8 train photos in 8 shards, 2 val photos."""
+    from tools.build_records import main as build_records
+
+    out = tmp_path_factory.mktemp("tiny") / "records"
+    assert build_records(["--data", str(tiny_photos), "--out", str(out), "--size", "64", "--workers", "1"]) == 0
+    return out

@@ -1,0 +1,83 @@
+"""Shards → batches: the tf.data input pipeline over the records listed in `manifest.json`.
+
+Photos were decoded and resized once by `tools.build_records`; here each record's PNGs are decoded
+once in parallel and cached as uint8, so the per-step path is only shuffle, batch and prefetch.
+Augmentation is not done here: it runs inside the train step on the training device.
+"""
+
+import json
+from pathlib import Path
+
+import tensorflow as tf
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_FEATURES = {
+    "image/png": tf.io.FixedLenFeature([], tf.string),
+    "mask/png": tf.io.FixedLenFeature([], tf.string),
+}
+_MAX_SHUFFLE_BUFFER = 4096
+
+
+def load_manifest(records_dir):
+    """The records' manifest as a dict; a clear error if it is missing or of another format."""
+    path = Path(records_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest; build records first with `python -m tools.build_records`")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: records format version {manifest.get('format_version')!r}, this stoneseg reads {FORMAT_VERSION}; "
+            "rebuild them with `python -m tools.build_records --overwrite`"
+        )
+    return manifest
+
+
+def split_size(manifest, split):
+    """Number of examples in `split` (0 when the split is absent)."""
+    return manifest["splits"].get(split, {}).get("examples", 0)
+
+
+def make_dataset(records_dir, split, batch_size, training, seed=0, num_workers=1):
+    """Batches of `(uint8 image [B,H,W,3], uint8 mask [B,H,W,1])` from one split's shards.
+
+    Training: shuffled with `seed` (a new order each epoch), repeated forever, full batches only.
+    Otherwise: one pass in record order, the last batch may be short. `batch_size` is the global
+    batch: a `tf.distribute` strategy splits it across replicas, and shards the files across
+    `num_workers` workers when there are at least that many shards.
+    """
+    records_dir = Path(records_dir)
+    manifest = load_manifest(records_dir)
+    if split not in manifest["splits"]:
+        raise ValueError(f"{records_dir / MANIFEST}: no {split!r} split (has {sorted(manifest['splits'])})")
+    shards = [str(records_dir / name) for name in manifest["splits"][split]["shards"]]
+    height, width = manifest["image_size"]
+
+    def parse(serialized):
+        features = tf.io.parse_single_example(serialized, _FEATURES)
+        image = tf.ensure_shape(tf.io.decode_png(features["image/png"], channels=3), (height, width, 3))
+        mask = tf.ensure_shape(tf.io.decode_png(features["mask/png"], channels=1), (height, width, 1))
+        return image, mask
+
+    files = tf.data.Dataset.from_tensor_slices(shards)
+    dataset = files.interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type=manifest.get("compression") or ""),
+        cycle_length=min(len(shards), 16),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(split_size(manifest, split)))
+    if training:
+        buffer = min(split_size(manifest, split), _MAX_SHUFFLE_BUFFER)
+        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    dataset = dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    return dataset.with_options(_sharding_options(len(shards), num_workers))
+
+
+def _sharding_options(num_shards, num_workers):
+    """Shard by file across workers when every worker gets a file, else by record."""
+    options = tf.data.Options()
+    policy = tf.data.experimental.AutoShardPolicy
+    options.experimental_distribute.auto_shard_policy = policy.FILE if num_shards >= num_workers else policy.DATA
+    return options

@@ -1,0 +1,56 @@
+"""The tf.data pipeline over the shards: shapes, dtypes, values, order and splits."""
+
+import json
+
+import numpy as np
+import pytest
+
+from stoneseg.data import load_manifest, make_dataset
+
+
+def test_train_batches_are_full_uint8_and_binary(tiny_records):
+    batches = list(make_dataset(tiny_records, "train", batch_size=4, training=True, seed=0).take(5))
+    assert len(batches) == 5  # repeats forever
+    for images, masks in batches:
+        assert images.shape == (4, 64, 64, 3) and images.dtype.name == "uint8"
+        assert masks.shape == (4, 64, 64, 1) and masks.dtype.name == "uint8"
+        assert set(np.unique(masks.numpy())) <= {0, 1}
+    assert len({np.asarray(images).tobytes() for images, _ in batches}) > 1
+
+
+def test_validation_is_one_pass_in_order_with_a_short_last_batch(tiny_records):
+    manifest = load_manifest(tiny_records)
+    count = manifest["splits"]["val"]["examples"]
+    dataset = make_dataset(tiny_records, "val", batch_size=count + 1, training=False)
+    batches = list(dataset)
+    assert len(batches) == 1 and batches[0][0].shape[0] == count
+    assert int(dataset.cardinality()) == 1
+    again = list(make_dataset(tiny_records, "val", batch_size=count + 1, training=False))
+    np.testing.assert_array_equal(batches[0][0], again[0][0])
+
+
+def test_a_seed_fixes_the_shuffle_and_epochs_reshuffle(tiny_records):
+    def first_batches(seed):
+        dataset = make_dataset(tiny_records, "train", batch_size=8, training=True, seed=seed)
+        return [np.asarray(images).tobytes() for images, _ in dataset.take(2)]
+
+    assert first_batches(1) == first_batches(1)
+    assert first_batches(1) != first_batches(2)
+    epoch1, epoch2 = first_batches(1)  # 8 train photos: one batch is one epoch
+    assert epoch1 != epoch2  # the same photos in a new order
+
+
+def test_every_train_photo_comes_through_once_per_epoch(tiny_records):
+    train = load_manifest(tiny_records)["splits"]["train"]
+    images, _ = next(iter(make_dataset(tiny_records, "train", batch_size=train["examples"], training=True)))
+    assert len({image.tobytes() for image in np.asarray(images)}) == train["examples"]
+
+
+def test_missing_split_and_manifest_errors_name_the_file(tiny_records, tmp_path):
+    with pytest.raises(ValueError, match="no 'test' split"):
+        make_dataset(tiny_records, "test", batch_size=2, training=False)
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 99}))
+    with pytest.raises(ValueError, match="format version 99"):
+        load_manifest(tmp_path)
