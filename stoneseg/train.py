@@ -1,0 +1,232 @@
+"""Train the UNet on the records: `python -m stoneseg.train --strategy mirrored`.
+
+The defaults are the prototype's recipe (Adam 1e-3, binary cross-entropy, batch 4, up to 50 epochs,
+early stopping on val_loss with patience 5 keeping the best weights), fed from the shards with the
+rotate/flip augmentation drawn inside the train step. Everything a run writes goes to its run folder:
+config.json, best.keras, history.csv, TensorBoard logs and a backup that a restarted run resumes from.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from stoneseg import distribute  # noqa: E402
+from stoneseg.augment import SegmentationAugmentation  # noqa: E402
+from stoneseg.callbacks import ResumableEarlyStopping, ValidationImages, best_epoch, read_history  # noqa: E402
+from stoneseg.data import MANIFEST, load_manifest, make_dataset, split_size  # noqa: E402
+from stoneseg.metrics import LOSSES, make_loss, training_metrics  # noqa: E402
+from stoneseg.model import BLOCKS_PER_STAGE, build_unet  # noqa: E402
+from stoneseg.trainer import SegmentationTrainer  # noqa: E402
+
+BACKUP = "backup"
+PROTOTYPE_EPOCH_IMAGES = 240
+PACKAGES = ("stoneseg", "tensorflow", "keras", "numpy", "opencv-python-headless", "scikit-learn")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m stoneseg.train",
+        description="Train the stone-segmentation UNet on records built by `python -m tools.build_records`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--records", type=Path, default=Path("records"), help="folder with manifest.json and shards")
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="run folder; default runs/<timestamp>, or the unfinished run with the same arguments, which resumes",
+    )
+    parser.add_argument("--strategy", choices=distribute.STRATEGIES, default="auto", help="tf.distribute strategy")
+    parser.add_argument("--tpu", default="", help="TPU name or address for --strategy tpu")
+    parser.add_argument("--epochs", type=int, default=50, help="maximum epochs")
+    parser.add_argument("--batch-size", type=int, default=4, help="batch size per replica")
+    parser.add_argument(
+        "--epoch-images",
+        type=int,
+        default=PROTOTYPE_EPOCH_IMAGES,
+        help="augmented training images per epoch (at least one pass over the train photos); the default is the "
+        "prototype's epoch: 80%% of its 300 augmented copies",
+    )
+    parser.add_argument("--steps-per-epoch", type=int, default=None, help="train steps per epoch; overrides --epoch-images")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--loss", choices=LOSSES, default="bce", help="training loss")
+    parser.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs on val_loss")
+    parser.add_argument("--backbone", choices=sorted(BLOCKS_PER_STAGE), default="resnet18", help="UNet encoder")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="side of the training images; default and only value: the records'"
+    )
+    parser.add_argument("--mixed-precision", action="store_true", help="float16 (bfloat16 on TPU) compute")
+    parser.add_argument(
+        "--jit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="XLA-compile the network's forward and backward pass; default on with a GPU or TPU, off on CPU",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="seed for weights, shuffling and augmentation")
+    parser.add_argument("--val-images", type=int, default=4, help="validation photos shown in TensorBoard each epoch")
+    args = parser.parse_args(argv)
+    for name in ("epochs", "epoch_images", "batch_size", "patience", "steps_per_epoch", "image_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv=None):
+    started = time.time()
+    args = parse_args(argv)
+    strategy = distribute.resolve_strategy(args.strategy, args.tpu)
+    keras.utils.set_random_seed(args.seed)
+    accelerated = bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+    jit = accelerated if args.jit is None else args.jit
+    if args.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if args.strategy == "tpu" else "mixed_float16")
+
+    manifest = load_manifest(args.records)
+    height, width = manifest["image_size"]
+    if args.image_size is not None and (args.image_size, args.image_size) != (height, width):
+        sys.exit(f"--image-size {args.image_size}: the records in {args.records} are {height}×{width}; rebuild them")
+    if not split_size(manifest, "train") or not split_size(manifest, "val"):
+        sys.exit(f"{args.records / MANIFEST}: training needs a train and a val split (build with --val-fraction > 0)")
+
+    run_dir = find_run_dir(args)
+    chief = distribute.is_chief(strategy)
+    task_dir = run_dir if chief else run_dir / f"worker-{distribute.task_id(strategy)}"
+    task_dir.mkdir(parents=True, exist_ok=True)
+    if chief:
+        write_config(run_dir, args, manifest, strategy, jit)
+
+    global_batch = args.batch_size * strategy.num_replicas_in_sync
+    epoch_images = max(args.epoch_images, split_size(manifest, "train"))
+    steps_per_epoch = args.steps_per_epoch or max(1, epoch_images // global_batch)
+    workers = distribute.num_workers(strategy)
+    print(
+        f"strategy {args.strategy} ({type(strategy).__name__}): {strategy.num_replicas_in_sync} replica(s), "
+        f"{workers} worker(s); "
+        f"batch {args.batch_size} per replica = global batch {global_batch}; {steps_per_epoch} steps per epoch; "
+        f"XLA {'on' if jit else 'off'}; run folder {run_dir}",
+        flush=True,
+    )
+    train = make_dataset(args.records, "train", global_batch, training=True, seed=args.seed, num_workers=workers)
+    val = make_dataset(args.records, "val", global_batch, training=False, num_workers=workers)
+
+    with strategy.scope():
+        network = build_unet((height, width, 3), backbone=args.backbone)
+        trainer = SegmentationTrainer(network, SegmentationAugmentation(seed=args.seed), jit_network=jit)
+        trainer.compile(
+            optimizer=keras.optimizers.Adam(args.lr),
+            loss=make_loss(args.loss),
+            metrics=training_metrics(),
+            jit_compile=False,  # the network's own compute is compiled inside the trainer when jit
+        )
+        trainer.build((None, height, width, 3))
+
+    history = read_history(task_dir / "history.csv")
+    best_so_far = best_epoch(history)
+    callbacks = [
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(task_dir / "history.csv", append=True),
+        keras.callbacks.ModelCheckpoint(
+            task_dir / "best.keras",
+            monitor="val_loss",
+            save_best_only=True,
+            initial_value_threshold=best_so_far["val_loss"] if best_so_far else None,
+        ),
+        # Last of the per-epoch writers: an epoch counts as done only once all of the above are on disk.
+        keras.callbacks.BackupAndRestore(task_dir / BACKUP, double_checkpoint=True),
+        ResumableEarlyStopping(task_dir / "history.csv", monitor="val_loss", patience=args.patience),
+        keras.callbacks.TensorBoard(task_dir / "logs", write_graph=False),
+    ]
+    if chief:
+        images, masks = next(iter(make_dataset(args.records, "val", args.val_images, training=False)))
+        callbacks.append(ValidationImages(run_dir / "logs" / "images", images, masks))
+    if history:
+        print(f"resuming {run_dir} after epoch {int(history[-1]['epoch']) + 1}", flush=True)
+
+    trainer.fit(
+        strategy.experimental_distribute_dataset(train),
+        validation_data=strategy.experimental_distribute_dataset(val),
+        epochs=args.epochs,
+        steps_per_epoch=steps_per_epoch,
+        shuffle=False,  # the dataset shuffles
+        callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    if not chief:
+        shutil.rmtree(task_dir, ignore_errors=True)
+        return 0
+    print(summary(run_dir, time.time() - started), flush=True)
+    return 0
+
+
+def find_run_dir(args):
+    """The run folder: --run-dir, else the newest unfinished run under runs/ started with the same
+    arguments (so the same command resumes it), else a new runs/<timestamp>."""
+    if args.run_dir is not None:
+        return args.run_dir
+    runs = Path("runs")
+    wanted = _run_arguments(args)
+    for config in sorted(runs.glob("*/config.json"), reverse=True):
+        if (config.parent / BACKUP).is_dir() and json.loads(config.read_text())["arguments"] == wanted:
+            return config.parent
+    return runs / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def write_config(run_dir, args, manifest, strategy, jit):
+    """config.json: every argument, the package versions, the records' manifest hash and the devices.
+    A resumed run keeps the config it started with."""
+    path = run_dir / "config.json"
+    if path.exists():
+        if json.loads(path.read_text())["arguments"] != _run_arguments(args):
+            sys.exit(f"{path}: this run folder holds a run with other arguments; choose another --run-dir")
+        return
+    manifest_bytes = (args.records / MANIFEST).read_bytes()
+    config = {
+        "arguments": _run_arguments(args),
+        "run_dir": str(run_dir),
+        "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "packages": {name: metadata.version(name) for name in PACKAGES},
+        "python": sys.version.split()[0],
+        "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+        "image_size": manifest["image_size"],
+        "strategy": type(strategy).__name__,
+        "replicas": strategy.num_replicas_in_sync,
+        "devices": [device.name for device in tf.config.list_logical_devices()],
+        "jit": jit,
+    }
+    partial = path.with_name(".config.partial.json")
+    partial.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+def summary(run_dir, seconds):
+    """One line: the best epoch, its validation scores and where the model is."""
+    history = read_history(run_dir / "history.csv")
+    best = best_epoch(history)
+    if best is None:
+        return f"no epoch finished; see {run_dir}"
+    return (
+        f"best epoch {int(best['epoch']) + 1} of {len(history)}: val_loss {best['val_loss']:.4f}, "
+        f"val IoU {best['val_iou']:.4f}, val Dice {best['val_dice']:.4f}; model {run_dir / 'best.keras'}; "
+        f"{seconds / 60:.1f} min"
+    )
+
+
+def _run_arguments(args):
+    """The arguments that define a run, as JSON-ready values (the run folder itself excluded)."""
+    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items() if key != "run_dir"}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
