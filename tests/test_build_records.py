@@ -241,7 +241,7 @@ def truncate_photo(data):
 
 def corrupt_photo(data):
     (data / "Image01.JPG").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
-    return "Image01.JPG: corrupt or unsupported image data"
+    return "Image01.JPG: corrupt, truncated or unsupported image data"
 
 
 def empty_photo(data):
