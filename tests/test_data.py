@@ -54,3 +54,18 @@ def test_missing_split_and_manifest_errors_name_the_file(tiny_records, tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 99}))
     with pytest.raises(ValueError, match="format version 99"):
         load_manifest(tmp_path)
+
+
+def test_workers_get_disjoint_shards_that_cover_the_split(tiny_records):
+    # TensorFlow's own auto-shard rewrite, as tf.distribute applies it on each worker.
+    from tensorflow.python.data.experimental.ops.distribute import _AutoShardDataset
+
+    train = load_manifest(tiny_records)["splits"]["train"]
+    assert len(train["shards"]) == 8
+    for workers in (2, 8):
+        seen = []
+        for index in range(workers):
+            dataset = make_dataset(tiny_records, "train", batch_size=1, training=False, num_workers=workers)
+            seen.append({np.asarray(image).tobytes() for image, _ in _AutoShardDataset(dataset, workers, index, workers)})
+        assert sum(len(photos) for photos in seen) == len(set().union(*seen)) == train["examples"]
+        assert all(photos for photos in seen)
