@@ -14,6 +14,9 @@ import numpy as np
 
 Size = int | tuple[int, int]
 
+# The photo files a folder scan picks up (record building, prediction), in any letter case.
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
+
 # The JPEG scale-down is the largest of 1/8, 1/4, 1/2 that leaves at least REDUCTION_MARGIN x the target
 # size on both axes; INTER_AREA then does the rest. The DCT decode itself matches a box average closely
 # (0.3 grey levels), but the two-stage result is slightly blurrier than one full-resolution area resize,

@@ -1,0 +1,286 @@
+"""stoneseg.predict: masks at the photo's own size, upsampling in place, tiling, bad files, no clobbering.
+
+The models here are tiny hand-made networks whose output is known: "brightness" maps each pixel's grey
+level to a probability (bright = stone), "smooth" does the same after a 9x9 Gaussian blur.
+"""
+
+import csv
+import shutil
+import struct
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from stoneseg import predict
+
+
+def brightness_model(size, blur=0):
+    """Probability sigmoid((grey - 128) / 8) per pixel, grey = the mean of R, G, B, optionally after a
+    Gaussian blur of `blur` pixels' sigma (a 9x9 kernel). `size` None: any input size."""
+    images = keras.Input((size, size, 3))
+    grey = layers.Conv2D(1, 1, use_bias=False, name="grey")(images)
+    weights = [np.full((1, 1, 3, 1), 1 / 3, np.float32)]
+    if blur:
+        grey = layers.Conv2D(1, 9, padding="same", use_bias=False, name="blur")(grey)
+        kernel = cv2.getGaussianKernel(9, blur)
+        weights.append((kernel @ kernel.T).astype(np.float32)[:, :, None, None])
+    scores = layers.Rescaling(1 / 8, offset=-16)(grey)
+    model = keras.Model(images, layers.Activation("sigmoid", dtype="float32")(scores))
+    model.set_weights(weights)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model64(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "brightness64.keras"
+    brightness_model(64).save(path)
+    return path
+
+
+def write_jpeg(path, rgb, quality=95):
+    ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    path.write_bytes(buffer.tobytes())
+    return path
+
+
+def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """The JPEG with a minimal APP1 Exif segment (IFD0 holding only the orientation tag) after SOI."""
+    ifd0 = struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
+    payload = b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd0
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def read_mask(path):
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert mask is not None and mask.ndim == 2 and mask.dtype == np.uint8, path
+    return mask
+
+
+def read_rows(out):
+    with (out / "predictions.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def run(capsys, *argv):
+    status = predict.main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_masks_have_the_photos_size_are_binary_and_labels_are_skipped(capsys, tmp_path, model64, tiny_photos):
+    out = tmp_path / "out"
+    status, stdout, _ = run(capsys, model64, tiny_photos, "--out", out, "--batch-size", "3")
+    assert status == 0
+    photos = sorted(p for p in tiny_photos.glob("*.JPG"))
+    assert len(photos) == 10
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{p.stem}_mask.png" for p in photos] + ["predictions.csv"])
+    for photo in photos:
+        mask = read_mask(out / f"{photo.stem}_mask.png")
+        assert mask.shape == (96, 128)
+        assert set(np.unique(mask)) <= {0, 255}
+    rows = read_rows(out)
+    assert [row["file"] for row in rows] == [str(p) for p in photos]
+    for row in rows:
+        assert (int(row["width"]), int(row["height"])) == (128, 96)
+        mask = read_mask(out / f"{Path(row['file']).stem}_mask.png")
+        assert float(row["stone_fraction"]) == pytest.approx(np.mean(mask > 0), abs=1e-6)
+    assert "Wrote 10 mask(s)" in stdout
+
+
+def test_upsampling_puts_a_region_where_it_is_on_a_3456x4806_photo(capsys, tmp_path, model64):
+    """A white rectangle on black, squashed to 64x64 for the model: the mask must bring it back to its
+    place at full size, to within one model pixel (54 rows, 75 columns)."""
+    photo = np.zeros((3456, 4806, 3), np.uint8)
+    top, bottom, left, right = 1000, 2000, 3000, 4500
+    photo[top:bottom, left:right] = 255
+    write_jpeg(tmp_path / "wide.jpg", photo)
+    out = tmp_path / "out"
+    assert run(capsys, model64, tmp_path / "wide.jpg", "--out", out)[0] == 0
+    mask = read_mask(out / "wide_mask.png")
+    assert mask.shape == (3456, 4806)
+    assert (mask[top + 54:bottom - 54, left + 76:right - 76] == 255).all()
+    outside = np.ones(mask.shape, bool)
+    outside[top - 54:bottom + 54, left - 76:right + 76] = False
+    assert not mask[outside].any()
+    truth = np.zeros(mask.shape, bool)
+    truth[top:bottom, left:right] = True
+    iou = np.sum(truth & (mask > 0)) / np.sum(truth | (mask > 0))
+    assert iou > 0.95
+    row, = read_rows(out)
+    assert (row["width"], row["height"], row["stone_count"]) == ("4806", "3456", "1")
+
+
+def test_upsampling_is_bilinear_with_pixel_centres_aligned(capsys, tmp_path, model64):
+    """A grey ramp from left to right: the model's 64 probabilities per row, interpolated linearly
+    between pixel centres (NumPy, independently of OpenCV), put the crossing of --threshold 0.3 within
+    1 pixel of the mask's edge. Nearest-neighbour upsampling would miss it by 21 pixels."""
+    ramp = np.linspace(0, 255, 4806, dtype=np.float32)
+    photo = np.repeat(np.broadcast_to(ramp, (3456, 4806))[..., None], 3, axis=2).round().astype(np.uint8)
+    write_jpeg(tmp_path / "ramp.jpg", photo)
+    out = tmp_path / "out"
+    assert run(capsys, model64, tmp_path / "ramp.jpg", "--out", out, "--threshold", "0.3")[0] == 0
+    mask = read_mask(out / "ramp_mask.png")
+    image, original = predict.io.read_photo(tmp_path / "ramp.jpg", 64)
+    probabilities = keras.models.load_model(model64).predict(image[None], verbose=0)[0, 32, :, 0]
+    centres = (np.arange(4806) + 0.5) * 64 / 4806 - 0.5  # full-size pixel centres on the model's grid
+    expected_edge = np.argmax(np.interp(centres, np.arange(64), probabilities) >= 0.3)
+    edges = np.argmax(mask > 0, axis=1)
+    assert original == (3456, 4806) and mask.shape == original
+    assert (mask[:, -1] == 255).all() and (np.abs(edges - expected_edge) <= 1).all()
+
+
+def test_mask_follows_the_exif_orientation(capsys, tmp_path, model64):
+    """Stored 200 wide x 100 high with the bright half on the left, EXIF 6 (rotate 90 degrees clockwise):
+    the photo is 100 wide x 200 high with the bright half on top, and so is its mask."""
+    stored = np.zeros((100, 200, 3), np.uint8)
+    stored[:, :100] = 255
+    ok, jpeg = cv2.imencode(".jpg", stored)
+    (tmp_path / "turned.jpg").write_bytes(with_exif_orientation(jpeg.tobytes(), 6))
+    out = tmp_path / "out"
+    assert run(capsys, model64, tmp_path / "turned.jpg", "--out", out)[0] == 0
+    mask = read_mask(out / "turned_mask.png")
+    assert mask.shape == (200, 100)
+    assert (mask[:90] == 255).all() and not mask[110:].any()
+
+
+def test_stone_fraction_and_count_in_predictions_csv(capsys, tmp_path, model64):
+    """Three bright disks and a speck below the minimum stone area on a dark photo."""
+    photo = np.full((480, 640, 3), 20, np.uint8)
+    for x, y, radius in ((120, 120, 60), (400, 150, 80), (300, 360, 70)):
+        cv2.circle(photo, (x, y), radius, (235, 235, 235), -1)
+    cv2.rectangle(photo, (600, 440), (602, 442), (235, 235, 235), -1)  # 9 pixels < 0.01% of 307,200
+    cv2.imwrite(str(tmp_path / "disks.png"), photo)
+    out = tmp_path / "out"
+    assert run(capsys, model64, tmp_path / "disks.png", "--out", out)[0] == 0
+    row, = read_rows(out)
+    disks = np.pi * (60**2 + 80**2 + 70**2) / (480 * 640)
+    assert row["stone_count"] == "3"
+    assert float(row["stone_fraction"]) == pytest.approx(disks, rel=0.05)
+    assert (row["width"], row["height"]) == ("640", "480")
+
+
+def test_blend_windows_add_up_to_one_everywhere():
+    for length, tile, overlap in ((1000, 256, 64), (300, 128, 32), (129, 128, 8), (90, 128, 32), (512, 128, 0)):
+        starts = predict.tile_starts(length, tile, overlap)
+        windows = predict.blend_windows(length, starts, tile, overlap)
+        total = np.zeros(length)
+        for start, window in zip(starts, windows):
+            assert len(window) == min(tile, length - start) and (window > 0).all()
+            total[start:start + len(window)] += window
+        assert starts[0] == 0 and starts[-1] + len(windows[-1]) == length
+        assert np.allclose(total, 1, atol=1e-6)
+        if len(starts) > 1:
+            assert min(np.diff(starts)) <= tile - overlap  # neighbours overlap by at least `overlap`
+
+
+def test_tiled_inference_matches_one_whole_photo_pass_on_a_smooth_model():
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (19, 27, 3), dtype=np.uint8)
+    photo = cv2.resize(noise, (420, 300), interpolation=cv2.INTER_CUBIC)  # smooth, crosses grey 128 often
+    model = brightness_model(None, blur=2.0)
+    whole = model.predict(photo[None], verbose=0)[0, ..., 0]
+    tiled = predict.tiled_probability(predict.tile_model(model, 128), photo, overlap=32, batch_size=4)
+    assert tiled.shape == whole.shape == (300, 420)
+    difference = np.abs(tiled - whole)
+    assert difference.mean() < 1e-3 and difference.max() < 0.05  # tile edges count little
+    agreement = np.mean((tiled >= 0.5) == (whole >= 0.5))
+    assert agreement > 0.99
+    assert 0.2 < np.mean(whole >= 0.5) < 0.8  # the test photo really has both classes
+
+
+def test_tiled_cli_on_photos_smaller_and_larger_than_a_tile(capsys, tmp_path, tiny_photos):
+    """A model of any input size: --tile is required, and gives masks of the photos' size."""
+    model_path = tmp_path / "smooth.keras"
+    brightness_model(None, blur=2.0).save(model_path)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(tiny_photos / "Image01.JPG", photos)  # 96 x 128: smaller than a 128 tile in height
+    big = cv2.resize(cv2.imread(str(tiny_photos / "Image02.JPG")), (400, 300))
+    cv2.imwrite(str(photos / "Big.jpg"), big)
+    status, _, stderr = run(capsys, model_path, photos, "--out", tmp_path / "untiled")
+    assert status == 1 and "use --tile" in stderr and not (tmp_path / "untiled").exists()
+
+    out = tmp_path / "tiled"
+    assert run(capsys, model_path, photos, "--out", out, "--tile", "128", "--tile-overlap", "32")[0] == 0
+    for name, shape in (("Image01", (96, 128)), ("Big", (300, 400))):
+        mask = read_mask(out / f"{name}_mask.png")
+        assert mask.shape == shape and set(np.unique(mask)) <= {0, 255}
+        rgb = cv2.cvtColor(cv2.imread(str(photos / f"{name}.{'JPG' if name == 'Image01' else 'jpg'}")),
+                           cv2.COLOR_BGR2RGB)
+        whole = brightness_model(None, blur=2.0).predict(rgb[None], verbose=0)[0, ..., 0]
+        assert np.mean((mask > 0) == (whole >= 0.5)) > 0.99
+
+
+def test_corrupt_and_empty_files_are_reported_by_name_and_the_rest_predicted(capsys, tmp_path, model64, tiny_photos):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("Image01.JPG", "Image02.JPG", "Image03.JPG"):
+        shutil.copy(tiny_photos / name, photos)
+    good = (tiny_photos / "Image04.JPG").read_bytes()
+    (photos / "Broken.jpg").write_bytes(good[: len(good) // 2])
+    (photos / "Empty.png").write_bytes(b"")
+    out = tmp_path / "out"
+    status, _, stderr = run(capsys, model64, photos, "--out", out, "--batch-size", "2")
+    assert status == 1
+    error_lines = [line for line in stderr.splitlines() if line.startswith("predict: error:")]
+    assert len(error_lines) == 2
+    assert any("Broken.jpg" in line and "truncated" in line for line in error_lines)
+    assert any("Empty.png" in line and "empty" in line for line in error_lines)
+    assert "2 photo(s) failed" in stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "Image01_mask.png", "Image02_mask.png", "Image03_mask.png", "predictions.csv"]
+    assert [Path(row["file"]).name for row in read_rows(out)] == ["Image01.JPG", "Image02.JPG", "Image03.JPG"]
+
+
+def test_existing_outputs_are_listed_and_nothing_is_written_without_overwrite(capsys, tmp_path, model64, tiny_photos):
+    out = tmp_path / "out"
+    photos = [tiny_photos / "Image01.JPG", tiny_photos / "Image02.JPG"]
+    assert run(capsys, model64, *photos, "--out", out)[0] == 0
+    (out / "Image02_mask.png").write_bytes(b"an older mask")
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    status, _, stderr = run(capsys, model64, *photos, "--out", out, "--overlay")
+    assert status == 1
+    assert "3 output(s) exist already" in stderr and "nothing was written" in stderr
+    assert str(out / "Image02_mask.png") in stderr and str(out / "predictions.csv") in stderr
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # no overlay, nothing replaced
+
+    assert run(capsys, model64, *photos, "--out", out, "--overlay", "--overwrite")[0] == 0
+    assert read_mask(out / "Image02_mask.png").shape == (96, 128)
+    assert sorted(path.name for path in out.iterdir()) == [
+        "Image01_mask.png", "Image01_overlay.jpg", "Image02_mask.png", "Image02_overlay.jpg", "predictions.csv"]
+
+
+def test_overlay_is_the_photo_with_stones_tinted_and_outlined(capsys, tmp_path, model64):
+    photo = np.full((300, 400, 3), 40, np.uint8)
+    cv2.circle(photo, (200, 150), 90, (200, 200, 200), -1)
+    write_jpeg(tmp_path / "one.jpg", photo)
+    out = tmp_path / "out"
+    assert run(capsys, model64, tmp_path / "one.jpg", "--out", out, "--overlay")[0] == 0
+    overlay = cv2.cvtColor(cv2.imread(str(out / "one_overlay.jpg")), cv2.COLOR_BGR2RGB).astype(int)
+    assert overlay.shape == (300, 400, 3)
+    assert np.abs(overlay[:40, :40] - 40).max() < 8  # background untouched
+    centre = overlay[130:170, 180:220].mean(axis=(0, 1))
+    assert centre[1] > centre[0] + 40 and centre[1] > centre[2] + 20  # stone tinted green
+    ring = overlay[150, 105:115]  # the outline at the disk's left edge (x = 110)
+    assert (ring[:, 0] > 180).any() and (ring[:, 1] > 180).any() and (ring[:, 2] < 120).any()  # yellow
+
+
+def test_folder_scan_takes_photos_only_once_and_refuses_clashing_names(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in ("A.JPG", "A_label.jpg", "B.png", "B_mask.png", "B_overlay.jpg", "C.jpeg", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    assert [p.name for p in predict.find_photos([folder, folder / "A.JPG"])] == ["A.JPG", "B.png", "C.jpeg"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "A.png").write_bytes(b"x")
+    with pytest.raises(predict.InputError, match="same name"):
+        predict.find_photos([folder, other / "A.png"])
+    with pytest.raises(predict.InputError, match="no such file or folder"):
+        predict.find_photos([tmp_path / "missing"])
