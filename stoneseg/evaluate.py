@@ -1,0 +1,435 @@
+"""Score a model on held-out photos: `python -m stoneseg.evaluate MODEL.keras (--records DIR --split S | --data DIR)`.
+
+Per photo: IoU, Dice, precision and recall of the stone class at the threshold; over all photos: their
+mean, and the pooled scores of all pixels together. With --records the masks are the records' own,
+at the model's resolution. With --data the photos are read by stoneseg.io exactly as prediction reads
+them and scored twice: at the model's resolution against the mask resized as the record builder
+resizes it, and at the photo's original size against the original mask (thresholded at 127), with the
+probabilities upsampled as `stoneseg.predict` upsamples them.
+
+The report folder holds metrics.json, per_image.csv and worst.png, a contact sheet of the photos with
+the lowest IoU. Scores with a zero denominator are 1.0 (see `scores`).
+"""
+
+import argparse
+import csv
+import heapq
+import io as bytes_io
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from stoneseg import io  # noqa: E402
+from stoneseg.data import MANIFEST, load_manifest  # noqa: E402
+from stoneseg.predict import InputError, decode_ahead, full_size_mask, load_model, model_input_size, run_model  # noqa: E402
+
+SCORES = ("iou", "dice", "precision", "recall")
+MODEL, ORIGINAL = "model", "original"  # the two resolutions scored
+CONVENTIONS = ("A score whose denominator is 0 is 1.0 (nothing to find and nothing found, or no false "
+               "alarm possible): a photo with no stones and none predicted scores 1 everywhere; no stones "
+               "but some predicted: IoU, Dice and precision 0, recall 1; stones but none predicted: IoU, "
+               "Dice and recall 0, precision 1. Pooled scores use the summed pixel counts of all photos.")
+SHEET = "worst.png"
+SHEET_ROW_HEIGHT = 200
+_RECORD_FEATURES = {  # the records' features evaluation needs (format: records/README.md)
+    "image/png": tf.io.FixedLenFeature([], tf.string),
+    "mask/png": tf.io.FixedLenFeature([], tf.string),
+    "source/name": tf.io.FixedLenFeature([], tf.string),
+    "source/height": tf.io.FixedLenFeature([], tf.int64),
+    "source/width": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+# ----------------------------------------------------------------------------- scoring
+@dataclass(frozen=True)
+class Counts:
+    """Pixel counts of the stone class: true/false positives, false/true negatives."""
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    tn: int = 0
+
+    def __add__(self, other: "Counts") -> "Counts":
+        return Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn)
+
+
+def confusion_counts(truth: np.ndarray, predicted: np.ndarray) -> Counts:
+    """Counts of two same-shaped masks; nonzero = stone."""
+    truth, predicted = np.asarray(truth) != 0, np.asarray(predicted) != 0
+    if truth.shape != predicted.shape:
+        raise ValueError(f"truth {truth.shape} and prediction {predicted.shape} differ in shape")
+    tp = int(np.count_nonzero(truth & predicted))
+    fp = int(np.count_nonzero(predicted)) - tp
+    fn = int(np.count_nonzero(truth)) - tp
+    return Counts(tp, fp, fn, truth.size - tp - fp - fn)
+
+
+def scores(counts: Counts) -> dict[str, float]:
+    """IoU, Dice, precision and recall of the stone class; a score whose denominator is 0 is 1.0."""
+    tp, fp, fn = counts.tp, counts.fp, counts.fn
+    return {"iou": _ratio(tp, tp + fp + fn), "dice": _ratio(2 * tp, 2 * tp + fp + fn),
+            "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn)}
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    return numerator / denominator if denominator else 1.0
+
+
+@dataclass
+class PhotoScore:
+    """One photo's counts at each resolution it was scored at."""
+    name: str
+    height: int  # original, EXIF-oriented
+    width: int
+    counts: dict[str, Counts]
+
+    def ranking_iou(self) -> float:
+        """IoU at the original size when it was scored there, else at the model's resolution."""
+        return scores(self.counts.get(ORIGINAL, self.counts[MODEL]))["iou"]
+
+
+def summary(photos: list[PhotoScore], resolution: str) -> dict:
+    """Mean over photos and pooled scores at one resolution, with the summed counts."""
+    per_photo = [scores(photo.counts[resolution]) for photo in photos]
+    total = sum((photo.counts[resolution] for photo in photos), Counts())
+    return {"mean": {name: float(np.mean([s[name] for s in per_photo])) for name in SCORES},
+            "pooled": scores(total), "counts": vars(total)}
+
+
+# ----------------------------------------------------------------------------- the worst photos
+class WorstPhotos:
+    """The `count` photos with the lowest IoU seen so far, with what the contact sheet shows of them."""
+
+    def __init__(self, count: int):
+        self.count, self._heap, self._seen = count, [], 0
+
+    def offer(self, score: PhotoScore, image: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> None:
+        """Keep this photo (model-resolution image, truth and prediction) if it is among the worst."""
+        if not self.count:
+            return
+        self._seen += 1
+        # heapq keeps the smallest first: storing -IoU, the best of those kept is popped when over count.
+        heapq.heappush(self._heap, (-score.ranking_iou(), -self._seen, score, image, truth, predicted))
+        if len(self._heap) > self.count:
+            heapq.heappop(self._heap)
+
+    def sorted(self) -> list[tuple]:
+        """(score, image, truth, predicted), worst first."""
+        return [entry[2:] for entry in sorted(self._heap, reverse=True)]
+
+
+def contact_sheet(worst: list[tuple], title: str) -> np.ndarray:
+    """RGB rows of photo | truth | prediction, each labelled with its name and IoU, worst first.
+
+    Panels are shown at the photo's own aspect ratio. In the prediction, white is stone found, red a
+    false stone and blue a missed stone.
+    """
+    rows = [_sheet_text(title, 900), _sheet_text("photo | true mask | prediction: white = stone found, "
+                                                 "red = false stone, blue = missed stone", 900)]
+    for score, image, truth, predicted in worst:
+        height = SHEET_ROW_HEIGHT
+        width = int(np.clip(round(height * score.width / score.height), height // 2, 3 * height))
+        truth, predicted = truth != 0, predicted != 0
+        colours = np.zeros((*truth.shape, 3), np.uint8)
+        colours[truth & predicted] = (255, 255, 255)
+        colours[~truth & predicted] = (230, 40, 40)
+        colours[truth & ~predicted] = (60, 120, 255)
+        panels = [cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA),
+                  cv2.resize(np.repeat(truth[..., None] * np.uint8(255), 3, axis=2), (width, height),
+                             interpolation=cv2.INTER_NEAREST),
+                  cv2.resize(colours, (width, height), interpolation=cv2.INTER_NEAREST)]
+        gap = np.full((height, 6, 3), 255, np.uint8)
+        strip = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+        label = f"{score.name}   IoU {score.ranking_iou():.3f}"
+        rows += [_sheet_text(label, strip.shape[1]), strip]
+    width = max(row.shape[1] for row in rows)
+    rows = [np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)), constant_values=255) for row in rows]
+    return np.concatenate(rows, axis=0)
+
+
+def _sheet_text(text: str, width: int) -> np.ndarray:
+    strip = np.full((30, width, 3), 255, np.uint8)
+    cv2.putText(strip, text, (4, 21), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
+
+
+# ----------------------------------------------------------------------------- the two sources
+def score_records(model: keras.Model, records: Path, split: str, threshold: float, batch_size: int,
+                  worst: WorstPhotos, progress) -> list[PhotoScore]:
+    """Score one split of the records at the model's resolution, in the order of its shards."""
+    manifest = load_manifest(records)
+    if split not in manifest["splits"]:
+        raise InputError(f"{records / MANIFEST}: no {split!r} split (it has {', '.join(manifest['splits'])})")
+    if tuple(manifest["image_size"]) != model_input_size(model):
+        raise InputError(f"{records} holds {'x'.join(map(str, manifest['image_size']))} images but the model "
+                         f"takes {'x'.join(map(str, model_input_size(model)))}")
+    shards = [str(records / name) for name in manifest["splits"][split]["shards"]]
+    dataset = tf.data.TFRecordDataset(shards, compression_type=manifest.get("compression") or "")
+    dataset = dataset.map(_parse_record, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
+    photos = []
+    for batch in dataset.as_numpy_iterator():
+        probabilities = run_model(model, batch["image"], batch_size)
+        for index, probability in enumerate(probabilities):
+            predicted = probability >= threshold
+            truth = batch["mask"][index]
+            score = PhotoScore(batch["name"][index].decode(), int(batch["height"][index]), int(batch["width"][index]),
+                               {MODEL: confusion_counts(truth, predicted)})
+            worst.offer(score, batch["image"][index], truth, predicted)
+            photos.append(score)
+            progress.add(1)
+    return photos
+
+
+def _parse_record(serialized):
+    features = tf.io.parse_single_example(serialized, _RECORD_FEATURES)
+    return {"image": tf.io.decode_png(features["image/png"], channels=3),
+            "mask": tf.io.decode_png(features["mask/png"], channels=1)[..., 0],
+            "name": features["source/name"], "height": features["source/height"], "width": features["source/width"]}
+
+
+def find_data_pairs(data: Path):
+    """Photos and masks paired exactly as `tools.build_records` pairs them (its layouts and rules)."""
+    from tools.build_records import find_pairs  # the one pairing rule; tools/ sits beside stoneseg/
+
+    if not data.is_dir():
+        raise InputError(f"{data}: no such folder")
+    return find_pairs(data)
+
+
+def score_folder(model: keras.Model, data: Path, pairs: list, threshold: float, batch_size: int, workers: int,
+                 worst: WorstPhotos, progress) -> tuple[list[PhotoScore], list[str]]:
+    """Score photo/mask pairs of a folder at the model's resolution and at each photo's original size;
+    also return one error line per pair that could not be read."""
+    size = model_input_size(model)
+    photos, problems, batch = [], [], []
+
+    def fail(error):
+        problems.append(str(error))
+        print(f"evaluate: error: {error}", file=sys.stderr, flush=True)
+        progress.add(1)
+
+    def score_batch():
+        probabilities = run_model(model, np.stack([image for _, (image, _, _) in batch]), batch_size)
+        for (pair, (image, truth, original)), probability in zip(batch, probabilities):
+            try:
+                full_truth, _ = io.read_mask(data / pair.mask, original)  # at its own size: thresholded at 127
+            except io.ImageError as error:
+                fail(error)
+                continue
+            predicted = probability >= threshold
+            counts = {MODEL: confusion_counts(truth, predicted),
+                      ORIGINAL: confusion_counts(full_truth, full_size_mask(probability, original, threshold))}
+            score = PhotoScore(pair.photo, *original, counts)
+            worst.offer(score, image, truth, predicted)
+            photos.append(score)
+            progress.add(1)
+        batch.clear()
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        for pair, decoded in decode_ahead(pool, partial(_decode_pair, data, size=size), pairs, depth=2 * batch_size):
+            if isinstance(decoded, io.ImageError):
+                fail(decoded)
+                continue
+            batch.append((pair, decoded))
+            if len(batch) == batch_size:
+                score_batch()
+        if batch:
+            score_batch()
+    return photos, problems
+
+
+def _decode_pair(data: Path, pair, size: tuple[int, int]):
+    """(photo, mask, original size) at the model's size, as the record builder makes them."""
+    image, original = io.read_photo(data / pair.photo, size)
+    truth, mask_size = io.read_mask(data / pair.mask, size)
+    if mask_size != original:
+        raise io.ImageError(pair.mask, f"mask size {mask_size[1]}x{mask_size[0]} differs from its photo "
+                                       f"{pair.photo}, {original[1]}x{original[0]} (width x height)")
+    return image, truth, original
+
+
+# ----------------------------------------------------------------------------- the report
+def per_image_csv(photos: list[PhotoScore], resolutions: list[str]) -> bytes:
+    text = bytes_io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    columns = [*SCORES, *vars(Counts())]
+    writer.writerow(["file", "width", "height"] + [f"{res}_{column}" for res in resolutions for column in columns])
+    for photo in photos:
+        row = [photo.name, photo.width, photo.height]
+        for res in resolutions:
+            row += [round(value, 6) for value in scores(photo.counts[res]).values()]
+            row += list(vars(photo.counts[res]).values())
+        writer.writerow(row)
+    return text.getvalue().encode()
+
+
+def write_report(out: Path, files: dict[str, bytes], overwrite: bool) -> None:
+    """Write the report's files into a staging folder beside `out`, then rename it to `out`
+    (replacing an existing `out` only with `overwrite`)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        if out.exists():
+            if not overwrite:
+                raise InputError(f"{out} exists; pass --overwrite to replace it")
+            retired = out.parent / f".{out.name}.replaced-{os.getpid()}"
+            out.rename(retired)
+            staging.rename(out)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def default_out(model: Path, records: Path | None, split: str, data: Path | None) -> Path:
+    """`<model's folder>/evaluations/<model stem>-<records folder>-<split>` or `...-<data folder>`."""
+    source = f"{records.resolve().name}-{split}" if data is None else data.resolve().name
+    return model.parent / "evaluations" / f"{model.stem}-{source}"
+
+
+def print_table(metrics: dict) -> None:
+    print(f"\n{'':<24}" + "".join(f"{name:>11}" for name in ("IoU", "Dice", "precision", "recall")))
+    for resolution, entry in metrics["scores"].items():
+        print(f"at {entry['size']}")
+        print(f"  {'mean of ' + str(metrics['photos']) + ' photos':<22}" + "".join(
+            f"{entry['mean'][name]:>11.4f}" for name in SCORES))
+        print(f"  {'pooled pixels':<22}" + "".join(f"{entry['pooled'][name]:>11.4f}" for name in SCORES))
+
+
+# ----------------------------------------------------------------------------- the command line
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m stoneseg.evaluate",
+        description="Score a model: per-photo IoU, Dice, precision and recall of the stone class, their mean "
+                    "over photos and the pooled all-pixel scores, written with a contact sheet of the worst "
+                    "photos to a report folder (metrics.json, per_image.csv, worst.png).",
+        epilog=CONVENTIONS + " --records scores at the model's resolution (records hold resized masks only); "
+                             "--data also at each photo's original size.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("model", type=Path, metavar="MODEL.keras", help="trained model (e.g. runs/<run>/best.keras)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--records", type=Path, metavar="DIR", help="records folder (manifest.json and shards)")
+    source.add_argument("--data", type=Path, metavar="DIR",
+                        help="folder of photos and masks in a layout tools.build_records reads")
+    parser.add_argument("--split", choices=("train", "val", "test"), default="val", help="records split to score")
+    parser.add_argument("--threshold", type=float, default=0.5, help="stone where the probability is at least this")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="report folder; default <model's folder>/evaluations/<model stem>-<records folder>-"
+                             "<split> or <model stem>-<data folder>")
+    parser.add_argument("--worst", type=int, default=8, metavar="N", help="photos on the contact sheet (0: none)")
+    parser.add_argument("--batch-size", type=int, default=4, help="photos per model call")
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                        help="threads decoding photos with --data")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    args = parser.parse_args(argv)
+    if not 0 <= args.threshold <= 1:
+        parser.error("--threshold must be between 0 and 1")
+    if args.batch_size < 1 or args.workers < 1 or args.worst < 0:
+        parser.error("--batch-size and --workers must be at least 1, --worst at least 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tool; the exit status is 0 when every photo was scored, 1 otherwise."""
+    args = parse_args(argv)
+    out = args.out or default_out(args.model, args.records, args.split, args.data)
+    try:
+        if out.exists() and not args.overwrite:
+            raise InputError(f"{out} exists; pass --overwrite to replace it (or choose another --out)")
+        model = load_model(args.model)
+        if model_input_size(model) is None:
+            raise InputError(f"{args.model} takes images of any size; evaluation needs the size it was trained at")
+        if args.data is not None:
+            inventory = find_data_pairs(args.data)
+            if not inventory.pairs:
+                raise InputError(f"no photo/mask pairs in {args.data}")
+            total = len(inventory.pairs)
+        else:
+            total = load_manifest(args.records)["splits"].get(args.split, {}).get("examples", 0)
+    except (InputError, FileNotFoundError, ValueError) as error:
+        print(f"evaluate: error: {error}", file=sys.stderr)
+        return 1
+
+    source = f"{args.data}" if args.data is not None else f"{args.records} (split {args.split})"
+    print(f"Evaluating {args.model} on {total} photo(s) of {source} at threshold {args.threshold}")
+    started = time.perf_counter()
+    progress = keras.utils.Progbar(total, verbose=1 if sys.stdout.isatty() else 2, unit_name="photo")
+    worst = WorstPhotos(args.worst)
+    try:
+        if args.data is not None:
+            problems = [str(problem) for problem in inventory.problems]
+            for problem in problems:
+                print(f"evaluate: error: {problem}", file=sys.stderr)
+            photos, unreadable = score_folder(model, args.data, inventory.pairs, args.threshold, args.batch_size,
+                                              args.workers, worst, progress)
+            problems += unreadable
+        else:
+            photos, problems = score_records(model, args.records, args.split, args.threshold, args.batch_size,
+                                             worst, progress), []
+        if not photos:
+            raise InputError("no photo could be scored")
+    except InputError as error:
+        print(f"evaluate: error: {error}", file=sys.stderr)
+        return 1
+
+    photos.sort(key=lambda photo: photo.name)
+    resolutions = [MODEL] + ([ORIGINAL] if args.data is not None else [])
+    height, width = model_input_size(model)
+    metrics = {
+        "model": str(args.model),
+        "source": {"data": str(args.data)} if args.data is not None else {"records": str(args.records),
+                                                                          "split": args.split},
+        "threshold": args.threshold,
+        "photos": len(photos),
+        "scores": {res: {"size": f"the model's {width}x{height}" if res == MODEL else "each photo's original size",
+                         **summary(photos, res)} for res in resolutions},
+        "worst": [{"file": score.name, "iou": score.ranking_iou()} for score, *_ in worst.sorted()],
+        "skipped": problems,
+        "conventions": CONVENTIONS,
+        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    files = {"metrics.json": (json.dumps(metrics, indent=2) + "\n").encode(),
+             "per_image.csv": per_image_csv(photos, resolutions)}
+    if args.worst:
+        title = f"{args.model} on {source}: the {len(metrics['worst'])} lowest IoU" + (
+            " at original size" if args.data is not None else f" at {width}x{height}")
+        files[SHEET] = io.encode_png(contact_sheet(worst.sorted(), title))
+    try:
+        write_report(out, files, args.overwrite)
+    except InputError as error:
+        print(f"evaluate: error: {error}", file=sys.stderr)
+        return 1
+
+    print_table(metrics)
+    if metrics["worst"]:
+        print("lowest IoU: " + ", ".join(f"{entry['file']} {entry['iou']:.3f}" for entry in metrics["worst"]))
+    print(f"report: {out}/ ({', '.join(files)}) in {time.perf_counter() - started:.1f} s")
+    if problems:
+        print(f"evaluate: {len(problems)} photo(s) could not be scored and are left out:\n  " + "\n  ".join(problems),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
