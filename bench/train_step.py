@@ -1,0 +1,134 @@
+"""Is the input pipeline ever what limits training? Images/s at 256×256, batch 4, side by side:
+
+  (a) the tf.data pipeline alone (decoded, cached records → batches);
+  (b) training fed from in-memory tensors (one batch repeated; Keras' own train step, no augmentation);
+  (c) training fed from the real pipeline, augmentation inside the train step (what stoneseg.train does);
+  plus where the augmentation is placed: in the tf.data map on the host instead of the train step,
+  and XLA on and off for the network (with augmentation in the step, only the network is compiled).
+
+Cases run in alternating rounds; each figure is the median over rounds of the median step interval.
+    python -m bench.train_step [--records DIR] [--rounds 3] [--steps 20]
+Without --records it builds records of ../shared/data/stones20 at 256 px into data/bench-records/.
+"""
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from stoneseg.augment import SegmentationAugmentation  # noqa: E402
+from stoneseg.data import make_dataset  # noqa: E402
+from stoneseg.metrics import make_loss, training_metrics  # noqa: E402
+from stoneseg.model import build_unet  # noqa: E402
+from stoneseg.trainer import SegmentationTrainer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+STONES20 = REPO.parent / "shared" / "data" / "stones20"
+BATCH = 4
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Intervals between consecutive train batches."""
+
+    def on_train_begin(self, logs=None):
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.perf_counter())
+
+    def median_interval(self):
+        return statistics.median(np.diff(self.ends))
+
+
+def default_records():
+    records = REPO / "data" / "bench-records"
+    if not (records / "manifest.json").exists():
+        from tools.build_records import main as build_records
+
+        build_records(["--data", str(STONES20), "--out", str(records), "--size", "256"])
+    return records
+
+
+def compiled(model, jit):
+    model.compile(keras.optimizers.Adam(1e-3), make_loss("bce"), metrics=training_metrics(), jit_compile=jit)
+    return model
+
+
+def host_augmented(dataset):
+    """The comparison placement: the same augmentation in the tf.data map, on the host CPU."""
+    augmentation = SegmentationAugmentation(seed=0)
+    return dataset.map(lambda x, y: augmentation(x, y, training=True), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def pipeline_rate(records, steps):
+    iterator = iter(make_dataset(records, "train", BATCH, training=True, seed=0))
+    for _ in range(20):  # fill the cache and the prefetch buffer
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(iterator)
+    return steps * BATCH / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=Path, default=None, help="records at 256 px (default: stones20's)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per case per round")
+    args = parser.parse_args()
+    records = args.records or default_records()
+    keras.utils.set_random_seed(0)
+
+    pipeline = make_dataset(records, "train", BATCH, training=True, seed=0)
+    images, masks = next(iter(pipeline))
+    in_memory = tf.data.Dataset.from_tensors((images, masks)).repeat()
+    shape = tuple(images.shape[1:])
+    cases = {
+        "(b) in-memory tensors, no augmentation": (compiled(build_unet(shape), jit=False), in_memory),
+        "(c) real pipeline, augmentation in train step": (
+            compiled(SegmentationTrainer(build_unet(shape), SegmentationAugmentation(seed=0)), jit=False),
+            pipeline,
+        ),
+        "    real pipeline, augmentation in tf.data map": (compiled(build_unet(shape), jit=False), host_augmented(pipeline)),
+        "    in-memory tensors, XLA": (compiled(build_unet(shape), jit=True), in_memory),
+        "    real pipeline, augmentation in step, network XLA": (
+            compiled(SegmentationTrainer(build_unet(shape), SegmentationAugmentation(seed=0), jit_network=True), jit=False),
+            pipeline,
+        ),
+    }
+    for model, dataset in cases.values():  # trace and compile once, untimed
+        model.fit(dataset, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
+
+    rates = {name: [] for name in cases}
+    rates["(a) tf.data pipeline alone"] = []
+    for round_ in range(args.rounds):
+        rates["(a) tf.data pipeline alone"].append(pipeline_rate(records, 200))
+        for name, (model, dataset) in cases.items():
+            timer = StepTimer()
+            model.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+            rates[name].append(BATCH / timer.median_interval())
+        print(f"round {round_ + 1}/{args.rounds} done", flush=True)
+
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    print(f"\nimages/s at {shape[0]}×{shape[1]}, batch {BATCH}, {os.cpu_count()} CPU cores "
+          f"(median of {args.rounds} rounds × {args.steps} steps):")
+    for name in sorted(median, key=lambda n: (not n.startswith("("), n)):
+        print(f"  {name:<52} {median[name]:9.1f}")
+    a, b = median["(a) tf.data pipeline alone"], median["(b) in-memory tensors, no augmentation"]
+    c = median["(c) real pipeline, augmentation in train step"]
+    print(f"\n(a)/(b) = {a / b:.0f}×   (target ≥ 10×)")
+    print(f"(c)/(b) = {c / b:.3f}   (target ≥ 0.95)")
+    print(f"augmentation in tf.data map / in train step = {median['    real pipeline, augmentation in tf.data map'] / c:.3f}")
+    print(f"XLA / no XLA, in-memory = {median['    in-memory tensors, XLA'] / b:.3f}; "
+          f"with augmentation in step = {median['    real pipeline, augmentation in step, network XLA'] / c:.3f}")
+
+
+if __name__ == "__main__":
+    main()
