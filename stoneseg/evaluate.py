@@ -36,6 +36,7 @@ import tensorflow as tf  # noqa: E402
 
 from stoneseg import io  # noqa: E402
 from stoneseg.data import MANIFEST, load_manifest  # noqa: E402
+from stoneseg.pairs import find_pairs  # noqa: E402
 from stoneseg.predict import InputError, decode_ahead, full_size_mask, load_model, model_input_size, run_model  # noqa: E402
 
 SCORES = ("iou", "dice", "precision", "recall")
@@ -202,15 +203,6 @@ def _parse_record(serialized):
             "name": features["source/name"], "height": features["source/height"], "width": features["source/width"]}
 
 
-def find_data_pairs(data: Path):
-    """Photos and masks paired exactly as `tools.build_records` pairs them (its layouts and rules)."""
-    from tools.build_records import find_pairs  # the one pairing rule; tools/ sits beside stoneseg/
-
-    if not data.is_dir():
-        raise InputError(f"{data}: no such folder")
-    return find_pairs(data)
-
-
 def score_folder(model: keras.Model, data: Path, pairs: list, threshold: float, batch_size: int, workers: int,
                  worst: WorstPhotos, progress) -> tuple[list[PhotoScore], list[str]]:
     """Score photo/mask pairs of a folder at the model's resolution and at each photo's original size;
@@ -360,13 +352,13 @@ def main(argv: list[str] | None = None) -> int:
         if model_input_size(model) is None:
             raise InputError(f"{args.model} takes images of any size; evaluation needs the size it was trained at")
         if args.data is not None:
-            inventory = find_data_pairs(args.data)
+            inventory = find_pairs(args.data)  # as tools.build_records pairs them
             if not inventory.pairs:
                 raise InputError(f"no photo/mask pairs in {args.data}")
             total = len(inventory.pairs)
         else:
             total = load_manifest(args.records)["splits"].get(args.split, {}).get("examples", 0)
-    except (InputError, FileNotFoundError, ValueError) as error:
+    except (InputError, OSError, ValueError) as error:
         print(f"evaluate: error: {error}", file=sys.stderr)
         return 1
 

@@ -85,48 +85,6 @@ def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
     return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
 
 
-# ----------------------------------------------------------------------------- pairing
-def test_flat_layout_pairs_any_extension_case_and_lists_strays(tmp_path):
-    write_pair(tmp_path / "a.JPG", tmp_path / "a_label.jpg")
-    write_pair(tmp_path / "b.jpeg", tmp_path / "b_label.PNG")
-    write_pair(tmp_path / "c.png", tmp_path / "c_LABEL.JPEG")
-    (tmp_path / "notes.txt").write_text("not a photo")
-    (tmp_path / "lonely_label.jpg").write_bytes((tmp_path / "a_label.jpg").read_bytes())
-    (tmp_path / "old").mkdir()
-    inventory = build_records.find_pairs(tmp_path)
-    assert inventory.pairs == [build_records.Pair("a.JPG", "a_label.jpg"), build_records.Pair("b.jpeg", "b_label.PNG"),
-                               build_records.Pair("c.png", "c_LABEL.JPEG")]
-    assert inventory.strays == ["lonely_label.jpg", "notes.txt", "old/"]
-    assert inventory.problems == []
-
-
-def test_folder_layout_pairs_by_stem_with_or_without_label(tmp_path):
-    write_pair(tmp_path / "images" / "x.jpg", tmp_path / "masks" / "x.png")
-    write_pair(tmp_path / "images" / "y.JPG", tmp_path / "masks" / "y_label.jpg")
-    write_pair(tmp_path / "images" / "z.jpg", tmp_path / "masks" / "z.jpg")
-    (tmp_path / "masks" / "z_label.jpg").write_bytes((tmp_path / "masks" / "z.jpg").read_bytes())
-    (tmp_path / "images" / "w.jpg").write_bytes((tmp_path / "images" / "x.jpg").read_bytes())
-    (tmp_path / "masks" / "orphan.png").write_bytes((tmp_path / "masks" / "x.png").read_bytes())
-    (tmp_path / "README.md").write_text("notes")
-    (tmp_path / "images" / "Thumbs.db").write_bytes(b"\0")
-    inventory = build_records.find_pairs(tmp_path)
-    assert inventory.pairs == [build_records.Pair("images/x.jpg", "masks/x.png"),
-                               build_records.Pair("images/y.JPG", "masks/y_label.jpg")]
-    assert [str(problem) for problem in inventory.problems] == [
-        "images/w.jpg: no mask: expected a mask masks/w.<ext> or masks/w_label.<ext>",
-        "images/z.jpg: more than one mask: masks/z.jpg, masks/z_label.jpg",
-    ]
-    assert inventory.strays == ["README.md", "images/Thumbs.db", "masks/orphan.png"]
-
-
-def test_two_photos_with_one_name_are_a_problem(tmp_path):
-    write_pair(tmp_path / "a.jpg", tmp_path / "a_label.jpg")
-    (tmp_path / "a.png").write_bytes(encode(photo_and_mask(1)[0], ".png"))
-    problems = build_records.find_pairs(tmp_path).problems
-    assert [problem.file for problem in problems] == ["a.jpg", "a.png"]
-    assert "more than one photo is called a" in problems[0].problem
-
-
 # ----------------------------------------------------------------------------- split and shards
 def test_split_is_by_source_disjoint_complete_and_deterministic():
     names = [f"Image{index:02d}.JPG" for index in range(20)]

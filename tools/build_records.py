@@ -23,12 +23,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import cv2
 import numpy as np
 
 from stoneseg import io
+from stoneseg.pairs import Pair, Problem, find_pairs
 
 # Only light imports above: decode workers re-import this module, and must never load TensorFlow.
 # TensorFlow, Keras and scikit-learn are imported inside the functions that run in the parent.
@@ -37,37 +37,12 @@ FORMAT_VERSION = 1
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "data" / "sample"
 DEFAULT_OUT = REPO / "records"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-MASK_TAG = "_label"
 MANIFEST = "manifest.json"
 SHARD_FILE = re.compile(r".+\.tfrecord(\.gz)?")
 STAGING_PREFIX = ".staging-"
 MIN_TRAIN_SHARDS = 8  # so a multi-worker job can shard the training set by file
 MIN_OTHER_SHARDS = 2
 TARGET_SHARD_BYTES = 100 * 2**20
-
-
-class Problem(NamedTuple):
-    """Why a file cannot be used."""
-    file: str  # path relative to the input folder
-    problem: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.problem}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Pair:
-    photo: str  # paths relative to the input folder, "/"-separated
-    mask: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Inventory:
-    """What an input folder holds: usable pairs, photos that cannot be paired, and ignored files."""
-    pairs: list[Pair]
-    problems: list[Problem]
-    strays: list[str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,71 +59,6 @@ class Example:
 
 class InputError(Exception):
     """The run cannot start: missing input, no photos, or records already in the way."""
-
-
-# ----------------------------------------------------------------------------- pairing
-def find_pairs(data: Path) -> Inventory:
-    """Pair photos with masks in `data`: the `images/` + `masks/` layout if `images/` exists, else flat.
-
-    Flat (the prototype's): X.<ext> with mask X_label.<ext>. Folders: images/X.<ext> with masks/X.<ext>
-    or masks/X_label.<ext>. <ext> is .jpg, .jpeg or .png in any case; names are case-sensitive otherwise.
-    Anything else is a stray: ignored and listed.
-    """
-    if not data.exists():
-        raise InputError(f"input folder {data} does not exist")
-    if not data.is_dir():
-        raise InputError(f"input {data} is not a folder")
-    if (data / "images").is_dir():
-        strays = [_relative(path, data) for path in sorted(data.iterdir()) if path.name not in ("images", "masks")]
-        photos, photo_strays = _images_by_stem(data / "images", data, strip_tag=False)
-        masks, mask_strays = _images_by_stem(data / "masks", data, strip_tag=True)
-        expected = "a mask masks/{stem}.<ext> or masks/{stem}_label.<ext>"
-        if not (data / "masks").is_dir():
-            expected = "a masks/ folder beside images/"
-        strays += photo_strays + mask_strays
-    else:
-        images, strays = _images_by_stem(data, data, strip_tag=False)
-        photos, masks = {}, {}
-        for stem, paths in images.items():
-            if _is_mask(stem):
-                masks.setdefault(stem[:-len(MASK_TAG)], []).extend(paths)
-            else:
-                photos[stem] = paths
-        expected = "a mask {stem}_label.jpg, .jpeg or .png"
-    pairs, problems = [], []
-    for stem, stem_photos in photos.items():
-        stem_masks = masks.pop(stem, [])
-        if len(stem_photos) > 1:
-            problems += [Problem(photo, f"more than one photo is called {stem}: {', '.join(stem_photos)}")
-                         for photo in stem_photos]
-        elif not stem_masks:
-            problems.append(Problem(stem_photos[0], "no mask: expected " + expected.format(stem=stem)))
-        elif len(stem_masks) > 1:
-            problems.append(Problem(stem_photos[0], f"more than one mask: {', '.join(stem_masks)}"))
-        else:
-            pairs.append(Pair(stem_photos[0], stem_masks[0]))
-    strays += [mask for stem_masks in masks.values() for mask in stem_masks]  # masks without a photo
-    return Inventory(sorted(pairs, key=lambda pair: pair.photo), sorted(problems), sorted(strays))
-
-
-def _images_by_stem(folder: Path, data: Path, strip_tag: bool) -> tuple[dict[str, list[str]], list[str]]:
-    """Image files in `folder` grouped by stem (without a trailing _label if `strip_tag`), and the rest."""
-    images, rest = {}, []
-    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            stem = path.stem[:-len(MASK_TAG)] if strip_tag and _is_mask(path.stem) else path.stem
-            images.setdefault(stem, []).append(_relative(path, data))
-        else:
-            rest.append(_relative(path, data))
-    return images, rest
-
-
-def _is_mask(stem: str) -> bool:
-    return stem.lower().endswith(MASK_TAG)
-
-
-def _relative(path: Path, data: Path) -> str:
-    return path.relative_to(data).as_posix() + ("/" if path.is_dir() else "")
 
 
 # ----------------------------------------------------------------------------- decoding (worker processes)
@@ -417,11 +327,11 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"{args.out} already holds records ({', '.join(p.name for p in in_the_way[:3])}"
                              f"{', ...' if len(in_the_way) > 3 else ''}); pass --overwrite to replace them")
         data = args.data if args.data is not None else _default_sample()
-        inventory = find_pairs(data)
+        inventory = find_pairs(data)  # FileNotFoundError, NotADirectoryError
         if not inventory.pairs and not inventory.problems:
             raise InputError(f"no photos in {data} (expected X.jpg/.jpeg/.png with X_label.<ext>, or images/ "
                              f"and masks/ folders){_listing(' ignored', inventory.strays)}")
-    except InputError as error:
+    except (InputError, OSError) as error:
         print(f"build_records: error: {error}", file=sys.stderr)
         return 1
 
