@@ -12,9 +12,12 @@ import tensorflow as tf
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-_FEATURES = {
+_FEATURES = {  # records/README.md
     "image/png": tf.io.FixedLenFeature([], tf.string),
     "mask/png": tf.io.FixedLenFeature([], tf.string),
+    "source/name": tf.io.FixedLenFeature([], tf.string),
+    "source/height": tf.io.FixedLenFeature([], tf.int64),
+    "source/width": tf.io.FixedLenFeature([], tf.int64),
 }
 _MAX_SHUFFLE_BUFFER = 4096
 
@@ -38,14 +41,9 @@ def split_size(manifest, split):
     return manifest["splits"].get(split, {}).get("examples", 0)
 
 
-def make_dataset(records_dir, split, batch_size, training, seed=0, num_workers=1):
-    """Batches of `(uint8 image [B,H,W,3], uint8 mask [B,H,W,1])` from one split's shards.
-
-    Training: shuffled with `seed` (a new order each epoch), repeated forever, full batches only.
-    Otherwise: one pass in record order, the last batch may be short. `batch_size` is the global
-    batch: a `tf.distribute` strategy splits it across replicas, and shards the files across
-    `num_workers` workers when there are at least that many shards.
-    """
+def read_examples(records_dir, split):
+    """One split's records, decoded: dicts of uint8 `image` [H,W,3] and `mask` [H,W,1] (values 0, 1),
+    the source photo's `name` and its original `height` and `width`. Shards are read in parallel."""
     records_dir = Path(records_dir)
     manifest = load_manifest(records_dir)
     if split not in manifest["splits"]:
@@ -55,24 +53,41 @@ def make_dataset(records_dir, split, batch_size, training, seed=0, num_workers=1
 
     def parse(serialized):
         features = tf.io.parse_single_example(serialized, _FEATURES)
-        image = tf.ensure_shape(tf.io.decode_png(features["image/png"], channels=3), (height, width, 3))
-        mask = tf.ensure_shape(tf.io.decode_png(features["mask/png"], channels=1), (height, width, 1))
-        return image, mask
+        return {
+            "image": tf.ensure_shape(tf.io.decode_png(features["image/png"], channels=3), (height, width, 3)),
+            "mask": tf.ensure_shape(tf.io.decode_png(features["mask/png"], channels=1), (height, width, 1)),
+            "name": features["source/name"],
+            "height": features["source/height"],
+            "width": features["source/width"],
+        }
 
     files = tf.data.Dataset.from_tensor_slices(shards)
-    dataset = files.interleave(
+    records = files.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type=manifest.get("compression") or ""),
         cycle_length=min(len(shards), 16),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE).cache()
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(split_size(manifest, split)))
+    examples = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    return examples.apply(tf.data.experimental.assert_cardinality(split_size(manifest, split)))
+
+
+def make_dataset(records_dir, split, batch_size, training, seed=0, num_workers=1):
+    """Batches of `(uint8 image [B,H,W,3], uint8 mask [B,H,W,1])` from one split's shards.
+
+    Training: shuffled with `seed` (a new order each epoch), repeated forever, full batches only.
+    Otherwise: one pass in record order, the last batch may be short. `batch_size` is the global
+    batch: a `tf.distribute` strategy splits it across replicas, and shards the files across
+    `num_workers` workers when there are at least that many shards.
+    """
+    manifest = load_manifest(records_dir)
+    dataset = read_examples(records_dir, split).map(lambda example: (example["image"], example["mask"])).cache()
     if training:
         buffer = min(split_size(manifest, split), _MAX_SHUFFLE_BUFFER)
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     dataset = dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
-    return dataset.with_options(_sharding_options(len(shards), num_workers))
+    num_shards = len(manifest["splits"][split]["shards"])
+    return dataset.with_options(_sharding_options(num_shards, num_workers))
 
 
 def _sharding_options(num_shards, num_workers):

@@ -32,10 +32,9 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from stoneseg import io  # noqa: E402
-from stoneseg.data import MANIFEST, load_manifest  # noqa: E402
+from stoneseg.data import load_manifest, read_examples  # noqa: E402
 from stoneseg.pairs import find_pairs  # noqa: E402
 from stoneseg.predict import InputError, decode_ahead, full_size_mask, load_model, model_input_size, run_model  # noqa: E402
 
@@ -47,13 +46,6 @@ CONVENTIONS = ("A score whose denominator is 0 is 1.0 (nothing to find and nothi
                "Dice and recall 0, precision 1. Pooled scores use the summed pixel counts of all photos.")
 SHEET = "worst.png"
 SHEET_ROW_HEIGHT = 200
-_RECORD_FEATURES = {  # the records' features evaluation needs (format: records/README.md)
-    "image/png": tf.io.FixedLenFeature([], tf.string),
-    "mask/png": tf.io.FixedLenFeature([], tf.string),
-    "source/name": tf.io.FixedLenFeature([], tf.string),
-    "source/height": tf.io.FixedLenFeature([], tf.int64),
-    "source/width": tf.io.FixedLenFeature([], tf.int64),
-}
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -172,35 +164,24 @@ def _sheet_text(text: str, width: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- the two sources
 def score_records(model: keras.Model, records: Path, split: str, threshold: float, batch_size: int,
                   worst: WorstPhotos, progress) -> list[PhotoScore]:
-    """Score one split of the records at the model's resolution, in the order of its shards."""
+    """Score one split of the records at the model's resolution."""
     manifest = load_manifest(records)
-    if split not in manifest["splits"]:
-        raise InputError(f"{records / MANIFEST}: no {split!r} split (it has {', '.join(manifest['splits'])})")
     if tuple(manifest["image_size"]) != model_input_size(model):
         raise InputError(f"{records} holds {'x'.join(map(str, manifest['image_size']))} images but the model "
                          f"takes {'x'.join(map(str, model_input_size(model)))}")
-    shards = [str(records / name) for name in manifest["splits"][split]["shards"]]
-    dataset = tf.data.TFRecordDataset(shards, compression_type=manifest.get("compression") or "")
-    dataset = dataset.map(_parse_record, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
+    dataset = read_examples(records, split).batch(batch_size).prefetch(2)
     photos = []
     for batch in dataset.as_numpy_iterator():
         probabilities = run_model(model, batch["image"], batch_size)
         for index, probability in enumerate(probabilities):
             predicted = probability >= threshold
-            truth = batch["mask"][index]
+            truth = batch["mask"][index, ..., 0]
             score = PhotoScore(batch["name"][index].decode(), int(batch["height"][index]), int(batch["width"][index]),
                                {MODEL: confusion_counts(truth, predicted)})
             worst.offer(score, batch["image"][index], truth, predicted)
             photos.append(score)
             progress.add(1)
     return photos
-
-
-def _parse_record(serialized):
-    features = tf.io.parse_single_example(serialized, _RECORD_FEATURES)
-    return {"image": tf.io.decode_png(features["image/png"], channels=3),
-            "mask": tf.io.decode_png(features["mask/png"], channels=1)[..., 0],
-            "name": features["source/name"], "height": features["source/height"], "width": features["source/width"]}
 
 
 def score_folder(model: keras.Model, data: Path, pairs: list, threshold: float, batch_size: int, workers: int,
@@ -357,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError(f"no photo/mask pairs in {args.data}")
             total = len(inventory.pairs)
         else:
-            total = load_manifest(args.records)["splits"].get(args.split, {}).get("examples", 0)
+            splits = load_manifest(args.records)["splits"]
+            if args.split not in splits:
+                raise InputError(f"{args.records}: no {args.split!r} split (it has {', '.join(splits)})")
+            total = splits[args.split]["examples"]
     except (InputError, OSError, ValueError) as error:
         print(f"evaluate: error: {error}", file=sys.stderr)
         return 1
