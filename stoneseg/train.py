@@ -103,6 +103,10 @@ def main(argv=None):
     run_dir = find_run_dir(args)
     chief = distribute.is_chief(strategy)
     task_dir = run_dir if chief else run_dir / f"worker-{distribute.task_id(strategy)}"
+    history = read_history(task_dir / "history.csv")
+    resuming = (task_dir / BACKUP).is_dir()
+    if history and not resuming:
+        sys.exit(f"{run_dir} holds a finished run ({len(history)} epochs); choose another --run-dir")
     task_dir.mkdir(parents=True, exist_ok=True)
     if chief:
         write_config(run_dir, args, manifest, strategy, jit)
@@ -132,7 +136,6 @@ def main(argv=None):
         )
         trainer.build((None, height, width, 3))
 
-    history = read_history(task_dir / "history.csv")
     best_so_far = best_epoch(history)
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
@@ -151,8 +154,8 @@ def main(argv=None):
     if chief:
         images, masks = next(iter(make_dataset(args.records, "val", args.val_images, training=False)))
         callbacks.append(ValidationImages(run_dir / "logs" / "images", images, masks))
-    if history:
-        print(f"resuming {run_dir} after epoch {int(history[-1]['epoch']) + 1}", flush=True)
+    if resuming:
+        print(f"resuming {run_dir} from its backup", flush=True)
 
     trainer.fit(
         strategy.experimental_distribute_dataset(train),

@@ -100,7 +100,7 @@ def test_a_killed_run_resumes_from_its_backup(tiny_records, tmp_path):
 
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"resuming {run_dir} after epoch {done}" in result.stdout
+    assert f"resuming {run_dir} from its backup" in result.stdout
     assert "Epoch 1/4" not in result.stdout and f"Epoch {done + 1}/4" in result.stdout
     assert [row["epoch"] for row in read_history(run_dir / "history.csv")] == [0, 1, 2, 3]
     assert (run_dir / "best.keras").is_file() and not (run_dir / "backup").exists()
@@ -161,3 +161,12 @@ def _free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_a_finished_run_folder_is_not_trained_again(mirrored_run, tiny_records):
+    run_dir, _ = mirrored_run
+    before = (run_dir / "best.keras").read_bytes()
+    result = subprocess.run(train_command(tiny_records, run_dir, "--strategy", "mirrored", *QUICK),
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "holds a finished run (2 epochs)" in result.stderr
+    assert (run_dir / "best.keras").read_bytes() == before
