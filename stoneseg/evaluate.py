@@ -35,6 +35,7 @@ import keras  # noqa: E402
 
 from stoneseg import io  # noqa: E402
 from stoneseg.data import load_manifest, read_examples  # noqa: E402
+from stoneseg.files import publish_folder  # noqa: E402
 from stoneseg.pairs import find_pairs  # noqa: E402
 from stoneseg.predict import InputError, decode_ahead, full_size_mask, load_model, model_input_size, run_model  # noqa: E402
 
@@ -261,15 +262,9 @@ def write_report(out: Path, files: dict[str, bytes], overwrite: bool) -> None:
     try:
         for name, data in files.items():
             (staging / name).write_bytes(data)
-        if out.exists():
-            if not overwrite:
-                raise InputError(f"{out} exists; pass --overwrite to replace it")
-            retired = out.parent / f".{out.name}.replaced-{os.getpid()}"
-            out.rename(retired)
-            staging.rename(out)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(out)
+        if out.exists() and not overwrite:
+            raise InputError(f"{out} exists; pass --overwrite to replace it")
+        publish_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -5,9 +5,9 @@ once, scaled down in the DCT domain by libjpeg (OpenCV ``IMREAD_REDUCED_*``), th
 target size; other formats are decoded at full size and area-resized.
 """
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
-import struct
 
 import cv2
 import numpy as np

@@ -33,7 +33,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from stoneseg import io  # noqa: E402
+from stoneseg import io
+from stoneseg.files import write_atomically  # noqa: E402
 from stoneseg.model import OUTPUT_STRIDE  # noqa: E402
 
 MASK_SUFFIX = "_mask.png"
@@ -113,16 +114,6 @@ def existing_outputs(photos: list[Path], out: Path, overlay: bool) -> list[Path]
     """The outputs of this run that already exist."""
     planned = [path for photo in photos for path in output_paths(photo, out, overlay)] + [out / PREDICTIONS_CSV]
     return [path for path in planned if path.exists()]
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary name beside `path`, then rename it to `path`."""
-    partial_path = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        partial_path.write_bytes(data)
-        os.replace(partial_path, path)
-    finally:
-        partial_path.unlink(missing_ok=True)
 
 
 def write_predictions_csv(path: Path, rows: list[Prediction]) -> None:

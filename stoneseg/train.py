@@ -26,6 +26,7 @@ from stoneseg import distribute  # noqa: E402
 from stoneseg.augment import SegmentationAugmentation  # noqa: E402
 from stoneseg.callbacks import ResumableEarlyStopping, ValidationImages, best_epoch, read_history  # noqa: E402
 from stoneseg.data import MANIFEST, load_manifest, make_dataset, split_size  # noqa: E402
+from stoneseg.files import write_atomically  # noqa: E402
 from stoneseg.metrics import LOSSES, make_loss, training_metrics  # noqa: E402
 from stoneseg.model import BLOCKS_PER_STAGE, build_unet  # noqa: E402
 from stoneseg.trainer import SegmentationTrainer  # noqa: E402
@@ -208,9 +209,7 @@ def write_config(run_dir, args, manifest, strategy, jit):
         "devices": [device.name for device in tf.config.list_logical_devices()],
         "jit": jit,
     }
-    partial = path.with_name(".config.partial.json")
-    partial.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(partial, path)
+    write_atomically(path, (json.dumps(config, indent=2) + "\n").encode())
 
 
 def summary(run_dir, seconds):

@@ -7,13 +7,13 @@ XLA kernel, so with `jit_network` only the forward and backward pass of the netw
 (the optimizer update stays outside: it synchronizes replicas, which a nested XLA function cannot).
 """
 
-import os
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
 from stoneseg import distribute
+from stoneseg.files import partial_path
 
 
 class SegmentationTrainer(keras.Model):
@@ -61,9 +61,8 @@ class SegmentationTrainer(keras.Model):
         filepath = Path(filepath)
         if filepath.exists() and not overwrite:
             raise FileExistsError(f"{filepath} exists; pass overwrite=True to replace it")
-        partial = filepath.with_name(f".{filepath.stem}.partial.keras")
-        self.network.save(partial, overwrite=True, **kwargs)
-        os.replace(partial, filepath)
+        with partial_path(filepath) as partial:
+            self.network.save(partial, overwrite=True, **kwargs)
 
     # Keras 3's fit() mishandles a multi-worker cluster in two places (keras-team/keras#20585).
 

@@ -28,6 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from stoneseg.files import publish_folder
+
 PHOTO_QUALITY = 90
 MASK_QUALITY = 100
 SAMPLE_FILE = re.compile(r"Image\d+(_label)?\.(JPG|jpg)")
@@ -309,13 +311,7 @@ def write_sample(out: Path, count: int = 20, height: int = 3456, width: int = 48
                 future.result()  # re-raises a worker's error here
             progress.add(len(done))
         pool.shutdown()
-        if target.exists():
-            retired = target.parent / f".{target.name}.replaced-{os.getpid()}"
-            target.rename(retired)
-            staging.rename(target)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(target)
+        publish_folder(staging, target)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(staging, ignore_errors=True)
