@@ -2,13 +2,13 @@
 
 import hashlib
 import json
-import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from jpeg_exif import with_exif_orientation
 
 from stoneseg import io
 from tools import build_records
@@ -79,10 +79,6 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
 
 
-def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
-    ifd0 = struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
-    payload = b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd0
-    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
 
 
 # ----------------------------------------------------------------------------- split and shards

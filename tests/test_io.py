@@ -1,11 +1,11 @@
 """stoneseg.io: reduced decode equals full decode, EXIF orientation, binary masks, and bad files caught."""
 
 import json
-import struct
 
 import cv2
 import numpy as np
 import pytest
+from jpeg_exif import with_exif_orientation
 
 from stoneseg import io
 
@@ -17,11 +17,6 @@ def write_jpeg(path, bgr, quality=95):
     return path
 
 
-def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
-    """The JPEG with a minimal APP1 Exif segment (IFD0 holding only the orientation tag) after SOI."""
-    ifd0 = struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
-    payload = b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd0
-    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
 
 
 def textured_bgr(height, width, seed=0):

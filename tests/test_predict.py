@@ -6,13 +6,13 @@ level to a probability (bright = stone), "smooth" does the same after a 9x9 Gaus
 
 import csv
 import shutil
-import struct
 from pathlib import Path
 
 import cv2
 import keras
 import numpy as np
 import pytest
+from jpeg_exif import with_exif_orientation
 from keras import layers
 
 from stoneseg import predict
@@ -48,11 +48,6 @@ def write_jpeg(path, rgb, quality=95):
     return path
 
 
-def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
-    """The JPEG with a minimal APP1 Exif segment (IFD0 holding only the orientation tag) after SOI."""
-    ifd0 = struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
-    payload = b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd0
-    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
 
 
 def read_mask(path):
