@@ -33,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from stoneseg import io
+from stoneseg import io  # noqa: E402
 from stoneseg.files import write_atomically  # noqa: E402
 from stoneseg.model import OUTPUT_STRIDE  # noqa: E402
 
