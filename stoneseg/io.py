@@ -107,6 +107,16 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    """JPEG bytes of an RGB (H, W, 3) or single-channel (H, W) uint8 array."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError(f"OpenCV could not JPEG-encode an array of shape {image.shape}")
+    return buffer.tobytes()
+
+
 def target_size(size: Size) -> tuple[int, int]:
     """(height, width) from an int (square) or a (height, width) pair of positive ints."""
     hw = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (tuple, list)) else ()

@@ -260,18 +260,13 @@ def draw_overlay(photo: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return overlay
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int = OVERLAY_QUALITY) -> bytes:
-    ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError(f"OpenCV could not JPEG-encode an array of shape {rgb.shape}")
-    return buffer.tobytes()
-
-
 def finish_photo(path: Path, probability: np.ndarray, original: tuple[int, int], out: Path, threshold: float,
                  overlay: bool, photo: np.ndarray | None = None) -> Prediction:
     """Upsample and threshold one photo's probabilities, write its mask (and overlay), return its row.
 
-    `photo` is the full-resolution photo when the caller has it; the overlay reads it otherwise.
+    `photo` is the full-resolution photo when the caller has it; the overlay reads it otherwise. That is
+    a second decode of the file, on purpose: the model's input must come from the reduced decode the
+    records were made with, and only the overlay needs every pixel.
     """
     mask = full_size_mask(probability, original, threshold)
     mask_path, *overlay_path = output_paths(path, out, overlay)
@@ -279,7 +274,7 @@ def finish_photo(path: Path, probability: np.ndarray, original: tuple[int, int],
     stone_fraction, stone_count = stone_statistics(mask)
     if overlay:
         photo = io.read_photo_full(path) if photo is None else photo
-        write_atomically(overlay_path[0], encode_jpeg(draw_overlay(photo, mask)))
+        write_atomically(overlay_path[0], io.encode_jpeg(draw_overlay(photo, mask), OVERLAY_QUALITY))
     return Prediction(str(path), original[1], original[0], round(stone_fraction, 6), stone_count)
 
 

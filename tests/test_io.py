@@ -206,3 +206,10 @@ def test_encode_png_round_trips_rgb_and_masks():
     assert np.array_equal(back[..., ::-1], rgb)  # OpenCV decodes PNG to BGR
     mask = (rgb[..., 0] > 128).astype(np.uint8)
     assert np.array_equal(cv2.imdecode(np.frombuffer(io.encode_png(mask), np.uint8), cv2.IMREAD_UNCHANGED), mask)
+
+
+def test_encode_jpeg_keeps_rgb_order():
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[..., 0] = 200  # pure red
+    back = cv2.imdecode(np.frombuffer(io.encode_jpeg(rgb, 95), np.uint8), cv2.IMREAD_COLOR)  # BGR
+    assert abs(int(back[..., 2].mean()) - 200) <= 3 and back[..., 0].mean() < 5
