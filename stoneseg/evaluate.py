@@ -198,13 +198,8 @@ def score_folder(model: keras.Model, data: Path, pairs: list, threshold: float, 
         progress.add(1)
 
     def score_batch():
-        probabilities = run_model(model, np.stack([image for _, (image, _, _) in batch]), batch_size)
-        for (pair, (image, truth, original)), probability in zip(batch, probabilities):
-            try:
-                full_truth, _ = io.read_mask(data / pair.mask, original)  # at its own size: thresholded at 127
-            except io.ImageError as error:
-                fail(error)
-                continue
+        probabilities = run_model(model, np.stack([image for _, (image, *_) in batch]), batch_size)
+        for (pair, (image, truth, original, full_truth)), probability in zip(batch, probabilities):
             predicted = probability >= threshold
             counts = {MODEL: confusion_counts(truth, predicted),
                       ORIGINAL: confusion_counts(full_truth, full_size_mask(probability, original, threshold))}
@@ -228,13 +223,14 @@ def score_folder(model: keras.Model, data: Path, pairs: list, threshold: float, 
 
 
 def _decode_pair(data: Path, pair, size: tuple[int, int]):
-    """(photo, mask, original size) at the model's size, as the record builder makes them."""
+    """(photo, mask, original size) at the model's size, as the record builder makes them, and the mask
+    at its original size (thresholded at 127). The mask is decoded twice on purpose: the model-size
+    truth must come from the records' reduced decode."""
     image, original = io.read_photo(data / pair.photo, size)
     truth, mask_size = io.read_mask(data / pair.mask, size)
-    if mask_size != original:
-        raise io.ImageError(pair.mask, f"mask size {mask_size[1]}x{mask_size[0]} differs from its photo "
-                                       f"{pair.photo}, {original[1]}x{original[0]} (width x height)")
-    return image, truth, original
+    io.check_same_size(pair.photo, original, pair.mask, mask_size)
+    full_truth, _ = io.read_mask(data / pair.mask, original)
+    return image, truth, original, full_truth
 
 
 # ----------------------------------------------------------------------------- the report

@@ -97,6 +97,19 @@ def decode_mask(data: bytes, size: Size, name: str) -> tuple[np.ndarray, tuple[i
     return (_resize(image, target) > 127).astype(np.uint8), original
 
 
+def check_same_size(photo: str, photo_size: tuple[int, int], mask: str, mask_size: tuple[int, int]) -> None:
+    """Raise ImageError naming `mask` when its oriented (height, width) differs from its photo's."""
+    if mask_size != photo_size:
+        transposed = (" (the sizes are transposed: the two files' EXIF orientations may disagree)"
+                      if mask_size == photo_size[::-1] else "")
+        raise ImageError(mask, f"mask size {_wxh(mask_size)} differs from its photo {photo}, "
+                               f"{_wxh(photo_size)}{transposed}")
+
+
+def _wxh(size: tuple[int, int]) -> str:
+    return f"{size[1]}x{size[0]} (width x height)"
+
+
 def encode_png(image: np.ndarray) -> bytes:
     """PNG bytes of an RGB (H, W, 3) or single-channel (H, W) uint8 array."""
     if image.ndim == 3:

@@ -76,18 +76,13 @@ def decode_pair(data: Path, pair: Pair, size: tuple[int, int]) -> Example | list
     if problems:
         return problems
     (content, image, photo_size), (_, mask, mask_size) = decoded[pair.photo], decoded[pair.mask]
-    if mask_size != photo_size:
-        transposed = (" (the sizes are transposed: the two files' EXIF orientations may disagree)"
-                      if mask_size == photo_size[::-1] else "")
-        return [Problem(pair.mask, f"mask size {_wxh(mask_size)} differs from its photo {pair.photo}, "
-                                   f"{_wxh(photo_size)}{transposed}")]
+    try:
+        io.check_same_size(pair.photo, photo_size, pair.mask, mask_size)
+    except io.ImageError as error:
+        return [Problem(error.file, error.problem)]
     return Example(source=pair.photo, image_png=io.encode_png(image), mask_png=io.encode_png(mask),
                    size=image.shape[:2], source_size=photo_size, sha256=hashlib.sha256(content).hexdigest(),
                    stone_fraction=float(mask.mean()))
-
-
-def _wxh(size: tuple[int, int]) -> str:
-    return f"{size[1]}x{size[0]} (width x height)"
 
 
 def _start_worker() -> None:
