@@ -13,8 +13,9 @@ classification_models' pre-activation ResNet, layer for layer, with two delibera
 Together they remove 4,105 of segmentation_models' 14,340,570 parameters (9 in `bn_data`,
 4,096 in that shortcut): 14,336,465 for resnet18, 24,452,049 for resnet34.
 
-Only `keras.layers` are used (no `tf.*`, no `Lambda`, no custom layers), so the model saves to
-`.keras`, loads with `safe_mode=True` and compiles with XLA (`jit_compile=True`).
+Only `keras.layers` are used (no `tf.*`, no `Lambda`), so the model saves to `.keras`, loads with
+`safe_mode=True` and compiles with XLA (`jit_compile=True`). The one layer of our own, `PhotoScale`,
+computes nothing: it carries the scale the network was trained at inside the `.keras` file.
 """
 
 import keras
@@ -24,27 +25,60 @@ BLOCKS_PER_STAGE = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 STAGE_FILTERS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
 OUTPUT_STRIDE = 32  # the stem conv, the stem pool and stages 2-4 each halve the image
+PHOTO_SCALE_LAYER = "photo_scale"
 
 # classification_models' ResNet uses these; the decoder keeps the Keras defaults, as segmentation_models does.
 ENCODER_BATCHNORM = {"epsilon": 2e-5, "momentum": 0.99}
+
+
+@keras.saving.register_keras_serializable(package="stoneseg")
+class PhotoScale(layers.Layer):
+    """Passes images through unchanged; its config records how the training photos were resized.
+
+    `scale` F (0 < F <= 1): each photo was resized by F with its aspect ratio kept, so a new photo is
+    resized by F before the network sees it. None: each photo was squashed to the model's input size.
+    """
+
+    def __init__(self, scale=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # pixels pass through exactly, even under mixed precision
+        super().__init__(**kwargs)
+        if scale is not None and not 0 < scale <= 1:
+            raise ValueError(f"scale must be in (0, 1] or None, got {scale}")
+        self.scale = None if scale is None else float(scale)
+
+    def call(self, images):
+        return images
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+def model_scale(model):
+    """The scale `model` was trained at (see PhotoScale), or None for a model of squashed photos."""
+    try:
+        return model.get_layer(PHOTO_SCALE_LAYER).scale
+    except ValueError:  # no such layer: a squash model, or one saved before scales existed
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
 # Encoder: a pre-activation ResNet (BN -> ReLU -> conv) that returns its named feature pyramid.
 
 
-def resnet_backbone(input_shape=(256, 256, 3), backbone="resnet18"):
+def resnet_backbone(input_shape=(256, 256, 3), backbone="resnet18", scale=None):
     """Return the ResNet encoder: 0-255 images in, a dict {"P1": stride 2, ..., "P5": stride 32} out.
 
     P1 is the stem activation, P2-P4 are the input activations of stages 2-4 and P5 is the final
-    activation, the same tensors segmentation_models' UNet takes as skips and bottleneck.
+    activation, the same tensors segmentation_models' UNet takes as skips and bottleneck. `scale` is
+    recorded by a PhotoScale layer on the input (see there).
     """
     if backbone not in BLOCKS_PER_STAGE:
         raise ValueError(f"unknown backbone {backbone!r}: choose one of {sorted(BLOCKS_PER_STAGE)}")
     _check_input_shape(input_shape)
 
     images = keras.Input(shape=input_shape, name="image")
-    x = layers.Rescaling(scale=1 / 127.5, offset=-1.0, name="normalize")(images)  # 0..255 -> -1..1
+    x = PhotoScale(scale, name=PHOTO_SCALE_LAYER)(images)
+    x = layers.Rescaling(scale=1 / 127.5, offset=-1.0, name="normalize")(x)  # 0..255 -> -1..1
 
     x = layers.ZeroPadding2D(3, name="stem_pad")(x)
     x = layers.Conv2D(64, 7, strides=2, use_bias=False, kernel_initializer="he_uniform", name="stem_conv")(x)
@@ -147,14 +181,17 @@ def segmentation_head(x, num_classes=1):
     return layers.Activation(activation, dtype="float32", name="mask")(x)
 
 
-def build_unet(input_shape=(256, 256, 3), backbone="resnet18", decoder_filters=(256, 128, 64, 32, 16), num_classes=1):
+def build_unet(input_shape=(256, 256, 3), backbone="resnet18", decoder_filters=(256, 128, 64, 32, 16), num_classes=1,
+               scale=None):
     """Return the UNet: images with values 0-255 (uint8 or float) in, per-pixel probabilities out.
 
-    Height and width must be multiples of 32, or None to accept any such size at run time.
+    Height and width must be multiples of 32, or None to accept any such size at run time. `scale`:
+    the photos were resized by this factor for training (None: squashed to `input_shape`); it travels
+    inside the saved model (`model_scale`).
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-    encoder = resnet_backbone(input_shape, backbone)
+    encoder = resnet_backbone(input_shape, backbone, scale)
     features = unet_decoder(encoder.output, decoder_filters)
     masks = segmentation_head(features, num_classes)
     return keras.Model(encoder.input, masks, name=f"unet_{backbone}")

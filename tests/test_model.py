@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from stoneseg.model import build_unet, resnet_backbone
+from stoneseg.model import build_unet, model_scale, resnet_backbone
 
 # Measured, not derived: count_params() of segmentation_models 1.0.1 (SM_FRAMEWORK=tf.keras, TensorFlow
 # 2.15.1) `Unet("resnet18"|"resnet34", classes=1, activation="sigmoid", encoder_weights=None)`
@@ -96,6 +96,20 @@ def test_keras_file_round_trip_gives_identical_masks(unet256, tmp_path):
     assert loaded.count_params() == RESNET18_UNET_PARAMS
 
 
+def test_scale_travels_inside_the_keras_file(unet256, tmp_path):
+    assert model_scale(unet256) is None  # squashed photos
+    path = tmp_path / "scaled.keras"
+    build_unet((None, None, 3), scale=0.25).save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert model_scale(loaded) == 0.25
+    assert loaded.input_shape == (None, None, None, 3)
+
+
+def test_model_without_a_scale_layer_reads_as_squashed():
+    images = keras.Input((64, 64, 3))
+    assert model_scale(keras.Model(images, keras.layers.Conv2D(1, 1)(images))) is None
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -104,6 +118,8 @@ def test_keras_file_round_trip_gives_identical_masks(unet256, tmp_path):
         ({"backbone": "resnet50"}, r"unknown backbone 'resnet50': choose one of \['resnet18', 'resnet34'\]"),
         ({"decoder_filters": (256, 128, 64)}, "decoder_filters needs 5 values"),
         ({"num_classes": 0}, "num_classes must be at least 1"),
+        ({"scale": 0.0}, r"scale must be in \(0, 1\] or None, got 0.0"),
+        ({"scale": 1.5}, r"scale must be in \(0, 1\] or None, got 1.5"),
     ],
 )
 def test_bad_arguments_get_a_clear_error(kwargs, message):
