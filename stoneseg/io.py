@@ -5,6 +5,7 @@ once, scaled down in the DCT domain by libjpeg (OpenCV ``IMREAD_REDUCED_*``), th
 target size; other formats are decoded at full size and area-resized.
 """
 
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,28 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-Size = int | tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Resize by `factor` (0 < factor <= 1) with the aspect ratio kept, instead of to a fixed size.
+
+    A side of n pixels becomes ceil(n * factor), as libjpeg rounds its 1/2, 1/4 and 1/8 decodes, so
+    those factors need the reduced JPEG decode alone, with no resize after it.
+    """
+
+    factor: float
+
+    def __post_init__(self):
+        if not 0 < self.factor <= 1:
+            raise ValueError(f"scale must be in (0, 1], got {self.factor}")
+
+    def of(self, original: tuple[int, int]) -> tuple[int, int]:
+        """The (height, width) that a photo of `original` (height, width) is resized to."""
+        return tuple(max(1, math.ceil(n * self.factor - 1e-9)) for n in original)
+
+
+Size = int | tuple[int, int] | Scale
 
 # The photo files a folder scan picks up (record building, prediction), in any letter case.
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -58,7 +80,8 @@ class ImageError(ValueError):
 
 
 def read_photo(path: str | Path, size: Size) -> tuple[np.ndarray, tuple[int, int]]:
-    """Photo resized to `size`, RGB uint8 (H, W, 3), and its original EXIF-oriented (height, width)."""
+    """Photo resized to `size` (a fixed size, or a Scale of its own), RGB uint8 (H, W, 3), and its
+    original EXIF-oriented (height, width)."""
     return decode_photo(_read_bytes(path), size, str(path))
 
 
@@ -69,21 +92,19 @@ def read_mask(path: str | Path, size: Size) -> tuple[np.ndarray, tuple[int, int]
 
 def read_photo_full(path: str | Path) -> np.ndarray:
     """Photo at full resolution, RGB uint8 (H, W, 3), EXIF-oriented."""
-    image, _ = _decode(_read_bytes(path), str(path), None)
+    image, _, _ = _decode(_read_bytes(path), str(path), None)
     return _to_rgb(image)
 
 
 def decode_photo(data: bytes, size: Size, name: str) -> tuple[np.ndarray, tuple[int, int]]:
     """`read_photo` for file bytes already in memory; `name` is used in error messages."""
-    target = target_size(size)
-    image, original = _decode(data, name, target)
+    image, original, target = _decode(data, name, size)
     return _resize(_to_rgb(image), target), original
 
 
 def decode_mask(data: bytes, size: Size, name: str) -> tuple[np.ndarray, tuple[int, int]]:
     """`read_mask` for file bytes already in memory; `name` is used in error messages."""
-    target = target_size(size)
-    image, original = _decode(data, name, target)
+    image, original, target = _decode(data, name, size)
     if image.ndim == 3:
         spread = image.max(axis=2).astype(np.int16) - image.min(axis=2)
         coloured = float(np.mean(spread > _COLOUR_SPREAD))
@@ -158,28 +179,36 @@ def _read_bytes(path: str | Path) -> bytes:
         raise ImageError(str(path), f"cannot be read ({error.strerror or error})") from None
 
 
-def _decode(data: bytes, name: str, target: tuple[int, int] | None) -> tuple[np.ndarray, tuple[int, int]]:
+def _decode(data: bytes, name: str, size: Size | None) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
     """Decode once, EXIF-oriented, as BGR (H, W, 3) or, for one-channel JPEGs, grey (H, W).
 
-    JPEGs are scaled down in the DCT domain as far as `target` allows (None: full size). Returns the
-    decoded array and the file's original oriented (height, width).
+    JPEGs are scaled down in the DCT domain as far as `size` allows (None: full size). Returns the
+    decoded array, the file's original oriented (height, width) and the (height, width) to resize to.
     """
     if not data:
         raise ImageError(name, "empty file (0 bytes)")
     buffer = np.frombuffer(data, np.uint8)
     if data[:2] != b"\xff\xd8":  # not a JPEG: PNG or another format OpenCV reads, at full size
         image = _imdecode(buffer, cv2.IMREAD_COLOR, name)
-        return image, image.shape[:2]
+        return image, image.shape[:2], _resolve(size, image.shape[:2])
     header = _read_jpeg_header(data, name)
     original = header.oriented_size
-    factor = _reduction(original, target) if target else 1
+    target = _resolve(size, original)
+    factor = _reduction(original, target, exact=isinstance(size, Scale)) if size is not None else 1
     modes = _REDUCED_GREY if header.channels == 1 else _REDUCED_COLOUR
     image = _imdecode(buffer, modes[factor], name)
     expected = tuple(-(-n // factor) for n in original)  # libjpeg rounds scaled sizes up
     if image.shape[:2] != expected:
         raise ImageError(name, f"decoded as {image.shape[1]}x{image.shape[0]} (width x height), expected "
                                f"{expected[1]}x{expected[0]}: unreadable EXIF orientation")
-    return image, original
+    return image, original, target
+
+
+def _resolve(size: Size | None, original: tuple[int, int]) -> tuple[int, int]:
+    """The (height, width) a file of `original` size is resized to (its own size for None)."""
+    if size is None:
+        return tuple(original)
+    return size.of(original) if isinstance(size, Scale) else target_size(size)
 
 
 def _imdecode(buffer: np.ndarray, flags: int, name: str) -> np.ndarray:
@@ -192,10 +221,14 @@ def _imdecode(buffer: np.ndarray, flags: int, name: str) -> np.ndarray:
     return image
 
 
-def _reduction(original: tuple[int, int], target: tuple[int, int]) -> int:
-    """Largest JPEG scale-down (8, 4, 2 or 1) leaving at least REDUCTION_MARGIN x target on both axes."""
+def _reduction(original: tuple[int, int], target: tuple[int, int], exact: bool = False) -> int:
+    """Largest JPEG scale-down (8, 4, 2 or 1) leaving at least REDUCTION_MARGIN x target on both axes,
+    or, with `exact`, one that gives `target` itself (a Scale of 1/2, 1/4 or 1/8: no resize after)."""
     for factor in (8, 4, 2):
-        if all(-(-n // factor) >= REDUCTION_MARGIN * t for n, t in zip(original, target)):
+        reduced = [-(-n // factor) for n in original]
+        if exact and list(target) == reduced:
+            return factor
+        if all(r >= REDUCTION_MARGIN * t for r, t in zip(reduced, target)):
             return factor
     return 1
 

@@ -61,6 +61,36 @@ def test_photo_is_rgb_at_the_requested_size_and_reports_the_original_size(tmp_pa
     assert full.shape == (60, 90, 3) and (full[..., 0] == 200).all()
 
 
+@pytest.mark.parametrize("factor, reduction", [(0.5, cv2.IMREAD_REDUCED_COLOR_2), (0.125, cv2.IMREAD_REDUCED_COLOR_8)])
+def test_power_of_two_scale_is_the_reduced_decode_alone(tmp_path, factor, reduction):
+    """Scale(1/2^k) keeps the aspect ratio (odd sides round up, as libjpeg does) and its pixels are
+    exactly libjpeg's reduced decode: no full decode, no resize after it."""
+    path = write_jpeg(tmp_path / "photo.jpg", textured_bgr(203, 301))
+    photo, original = io.read_photo(path, io.Scale(factor))
+    expected = cv2.cvtColor(cv2.imread(str(path), reduction), cv2.COLOR_BGR2RGB)
+    assert original == (203, 301)
+    assert photo.shape[:2] == (-(-203 * factor // 1), -(-301 * factor // 1)) == expected.shape[:2]
+    np.testing.assert_array_equal(photo, expected)
+
+
+def test_other_scales_resize_photo_and_mask_alike(tmp_path):
+    photo_path = write_jpeg(tmp_path / "photo.jpg", textured_bgr(200, 300))
+    mask = np.zeros((200, 300), np.uint8)
+    mask[40:120, 90:210] = 255
+    mask_path = tmp_path / "mask.png"
+    mask_path.write_bytes(io.encode_png(mask))
+    photo, _ = io.read_photo(photo_path, io.Scale(0.3))
+    small_mask, original = io.read_mask(mask_path, io.Scale(0.3))
+    assert photo.shape == (60, 90, 3) and small_mask.shape == (60, 90) and original == (200, 300)
+    assert small_mask[12:36, 27:63].all() and small_mask.sum() == 24 * 36  # 40..120 x 90..210 times 0.3
+
+
+@pytest.mark.parametrize("factor", [0.0, -0.5, 1.01])
+def test_scale_outside_0_1_is_rejected(factor):
+    with pytest.raises(ValueError, match=r"scale must be in \(0, 1\]"):
+        io.Scale(factor)
+
+
 def test_grey_jpeg_photo_becomes_three_equal_channels(tmp_path):
     grey = textured_bgr(64, 64)[..., 0]
     write_jpeg(tmp_path / "grey.jpg", grey)
