@@ -5,7 +5,8 @@ import os
 
 import tensorflow as tf
 
-STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
+from stoneseg.choices import STRATEGIES
+from stoneseg.cli import InputError
 
 
 def resolve_strategy(name, tpu=""):
@@ -29,7 +30,7 @@ def resolve_strategy(name, tpu=""):
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
         if not _cluster():
-            raise ValueError("--strategy multi_worker needs TF_CONFIG describing the cluster and this task")
+            raise InputError("--strategy multi_worker needs TF_CONFIG describing the cluster and this task")
         return tf.distribute.MultiWorkerMirroredStrategy()
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
     tf.config.experimental_connect_to_cluster(resolver)

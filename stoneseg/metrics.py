@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-LOSSES = ("bce", "bce_dice")
+from stoneseg.choices import LOSSES
 
 
 @keras.saving.register_keras_serializable(package="stoneseg")

@@ -21,10 +21,10 @@ computes nothing: it carries the scale the network was trained at inside the `.k
 import keras
 from keras import layers
 
-BLOCKS_PER_STAGE = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+from stoneseg.choices import BLOCKS_PER_STAGE, OUTPUT_STRIDE
+
 STAGE_FILTERS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
-OUTPUT_STRIDE = 32  # the stem conv, the stem pool and stages 2-4 each halve the image
 PHOTO_SCALE_LAYER = "photo_scale"
 
 # classification_models' ResNet uses these; the decoder keeps the Keras defaults, as segmentation_models does.
