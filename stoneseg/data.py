@@ -5,40 +5,16 @@ once in parallel and cached as uint8, so the per-step path is only shuffle, batc
 Augmentation is not done here: it runs inside the train step on the training device.
 """
 
-import json
 from pathlib import Path
 
 import tensorflow as tf
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-_FEATURES = {  # records/README.md
-    "image/png": tf.io.FixedLenFeature([], tf.string),
-    "mask/png": tf.io.FixedLenFeature([], tf.string),
-    "source/name": tf.io.FixedLenFeature([], tf.string),
-    "source/height": tf.io.FixedLenFeature([], tf.int64),
-    "source/width": tf.io.FixedLenFeature([], tf.int64),
-}
+from stoneseg.cli import InputError
+from stoneseg.records import FEATURES, MANIFEST, load_manifest, split_size
+
+_FEATURE_SPEC = {name: tf.io.FixedLenFeature([], tf.string if kind == "bytes" else tf.int64)
+                 for name, kind in FEATURES.items()}
 _MAX_SHUFFLE_BUFFER = 4096
-
-
-def load_manifest(records_dir):
-    """The records' manifest as a dict; a clear error if it is missing or of another format."""
-    path = Path(records_dir) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest; build records first with `python -m tools.build_records`")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: records format version {manifest.get('format_version')!r}, this stoneseg reads {FORMAT_VERSION}; "
-            "rebuild them with `python -m tools.build_records --overwrite`"
-        )
-    return manifest
-
-
-def split_size(manifest, split):
-    """Number of examples in `split` (0 when the split is absent)."""
-    return manifest["splits"].get(split, {}).get("examples", 0)
 
 
 def read_examples(records_dir, split):
@@ -47,12 +23,12 @@ def read_examples(records_dir, split):
     records_dir = Path(records_dir)
     manifest = load_manifest(records_dir)
     if split not in manifest["splits"]:
-        raise ValueError(f"{records_dir / MANIFEST}: no {split!r} split (has {sorted(manifest['splits'])})")
+        raise InputError(f"{records_dir / MANIFEST}: no {split!r} split (has {sorted(manifest['splits'])})")
     shards = [str(records_dir / name) for name in manifest["splits"][split]["shards"]]
     height, width = manifest["image_size"]
 
     def parse(serialized):
-        features = tf.io.parse_single_example(serialized, _FEATURES)
+        features = tf.io.parse_single_example(serialized, _FEATURE_SPEC)
         return {
             "image": tf.ensure_shape(tf.io.decode_png(features["image/png"], channels=3), (height, width, 3)),
             "mask": tf.ensure_shape(tf.io.decode_png(features["mask/png"], channels=1), (height, width, 1)),

@@ -11,18 +11,11 @@ import tensorflow as tf
 from jpeg_exif import with_exif_orientation
 
 from stoneseg import io
+from stoneseg.records import FEATURES, FORMAT_VERSION
 from tools import build_records
 
-FEATURES = {
-    "image/png": tf.io.FixedLenFeature([], tf.string),
-    "mask/png": tf.io.FixedLenFeature([], tf.string),
-    "image/height": tf.io.FixedLenFeature([], tf.int64),
-    "image/width": tf.io.FixedLenFeature([], tf.int64),
-    "source/name": tf.io.FixedLenFeature([], tf.string),
-    "source/height": tf.io.FixedLenFeature([], tf.int64),
-    "source/width": tf.io.FixedLenFeature([], tf.int64),
-    "source/sha256": tf.io.FixedLenFeature([], tf.string),
-}
+# Parsed with the format's own feature list: a feature the builder left out fails the parse.
+SPEC = {name: tf.io.FixedLenFeature([], tf.string if kind == "bytes" else tf.int64) for name, kind in FEATURES.items()}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -66,7 +59,7 @@ def read_records(out: Path) -> dict[str, dict]:
         files = [str(out / shard) for shard in entry["shards"]]
         dataset = tf.data.TFRecordDataset(files, compression_type=manifest["compression"] or "")
         for serialized in dataset:
-            parsed = tf.io.parse_single_example(serialized, FEATURES)
+            parsed = tf.io.parse_single_example(serialized, SPEC)
             record = {key: value.numpy() for key, value in parsed.items()}
             record["image"] = tf.io.decode_png(parsed["image/png"], channels=3).numpy()
             record["mask"] = tf.io.decode_png(parsed["mask/png"], channels=1).numpy()[..., 0]
@@ -123,12 +116,18 @@ def test_records_round_trip_through_tf_data(tmp_path):
         "--data", data, "--out", out, "--size", 24, 32, "--val-fraction", 0.34, "--workers", 1) == 0
 
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["format_version"] == 1 and manifest["image_size"] == [24, 32]
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["image_size"] == [24, 32]
     assert manifest["compression"] is None and manifest["seed"] == 42
     assert manifest["strays"] == ["notes.txt"] and manifest["skipped"] == []
     assert {split: entry["examples"] for split, entry in manifest["splits"].items()} == {"train": 4, "val": 2}
-    assert sorted(path.name for path in out.iterdir()) == sorted(
-        ["manifest.json"] + [shard for entry in manifest["splits"].values() for shard in entry["shards"]])
+    shards = [shard for entry in manifest["splits"].values() for shard in entry["shards"]]
+    assert sorted(path.name for path in out.iterdir()) == sorted(["manifest.json"] + shards)
+    assert sorted(manifest["checksums"]) == sorted(shards)
+    for shard in shards:
+        content = (out / shard).read_bytes()
+        assert manifest["checksums"][shard] == {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+    assert manifest["build_options"] == ["--size", "24", "32", "--val-fraction", "0.34", "--test-fraction", "0.0",
+                                         "--seed", "42"]
 
     records = read_records(out)
     assert sorted(records) == [f"Image{index:02d}.JPG" for index in range(6)]
@@ -323,7 +322,7 @@ def existing_set(tmp_path):
     return data, out, snapshot(out)
 
 
-def test_failure_while_writing_shards_leaves_the_earlier_set_intact(existing_set, monkeypatch):
+def test_failure_while_writing_shards_leaves_the_earlier_set_intact(existing_set, monkeypatch, capsys):
     data, out, before = existing_set
     real_write_shard, written = build_records.write_shard, []
 
@@ -334,13 +333,13 @@ def test_failure_while_writing_shards_leaves_the_earlier_set_intact(existing_set
         written.append(path)
 
     monkeypatch.setattr(build_records, "write_shard", write_then_fail)
-    with pytest.raises(OSError, match="injected"):
-        build("--data", data, "--out", out, "--size", 8, "--workers", 1, "--overwrite")
+    assert build("--data", data, "--out", out, "--size", 8, "--workers", 1, "--overwrite") == 1
+    assert "build_records: error: disk full (injected)" in capsys.readouterr().err
     assert written  # one shard was really written before the failure
     assert snapshot(out) == before  # byte for byte, and no staging folder left behind
 
 
-def test_failure_at_the_commit_point_restores_the_earlier_set(existing_set, monkeypatch):
+def test_failure_at_the_commit_point_restores_the_earlier_set(existing_set, monkeypatch, capsys):
     data, out, before = existing_set
     real_replace = build_records.os.replace
 
@@ -350,8 +349,8 @@ def test_failure_at_the_commit_point_restores_the_earlier_set(existing_set, monk
         real_replace(source, target)
 
     monkeypatch.setattr(build_records.os, "replace", replace_but_not_the_new_manifest)
-    with pytest.raises(OSError, match="injected"):
-        build("--data", data, "--out", out, "--size", 8, "--workers", 1, "--overwrite")
+    assert build("--data", data, "--out", out, "--size", 8, "--workers", 1, "--overwrite") == 1
+    assert "build_records: error: rename failed (injected)" in capsys.readouterr().err
     assert snapshot(out) == before
 
 

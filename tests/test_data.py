@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from stoneseg.cli import InputError
 from stoneseg.data import load_manifest, make_dataset
 
 
@@ -47,12 +48,15 @@ def test_every_train_photo_comes_through_once_per_epoch(tiny_records):
 
 
 def test_missing_split_and_manifest_errors_name_the_file(tiny_records, tmp_path):
-    with pytest.raises(ValueError, match="no 'test' split"):
+    with pytest.raises(InputError, match="no 'test' split"):
         make_dataset(tiny_records, "test", batch_size=2, training=False)
-    with pytest.raises(FileNotFoundError, match="manifest.json"):
+    with pytest.raises(InputError, match="manifest.json: no manifest"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("not JSON")
+    with pytest.raises(InputError, match="manifest.json: not a records manifest"):
         load_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 99}))
-    with pytest.raises(ValueError, match="format version 99"):
+    with pytest.raises(InputError, match="format version 99"):
         load_manifest(tmp_path)
 
 

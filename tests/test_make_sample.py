@@ -116,16 +116,15 @@ def test_overwrite_never_deletes_files_that_are_not_a_sample(tmp_path):
 
 
 def test_an_interrupted_run_leaves_no_output_and_keeps_the_old_sample(tmp_path, monkeypatch):
-    import keras.utils
+    from stoneseg import cli
 
-    class InterruptedProgbar(keras.utils.Progbar):
-        def add(self, n, values=None):
-            raise KeyboardInterrupt  # as if Ctrl-C arrived after the first photo was written
+    def interrupt(progress, count=1):
+        raise KeyboardInterrupt  # as if Ctrl-C arrived after the first photo was written
 
     out = tmp_path / "sample"
     write(out, count=2, workers=1)
     before = contents(out)
-    monkeypatch.setattr(keras.utils, "Progbar", InterruptedProgbar)
+    monkeypatch.setattr(cli.Progress, "add", interrupt)
     with pytest.raises(KeyboardInterrupt):
         write(out, seed=7, overwrite=True)
     with pytest.raises(KeyboardInterrupt):

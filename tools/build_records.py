@@ -27,17 +27,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stoneseg import io
+from stoneseg import cli, io, records
+from stoneseg.cli import InputError
 from stoneseg.pairs import Pair, Problem, find_pairs
+from stoneseg.records import FORMAT_VERSION, MANIFEST
 
 # Only light imports above: decode workers re-import this module, and must never load TensorFlow.
 # TensorFlow, Keras and scikit-learn are imported inside the functions that run in the parent.
 
-FORMAT_VERSION = 1
+PROG = "build_records"
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "data" / "sample"
 DEFAULT_OUT = REPO / "records"
-MANIFEST = "manifest.json"
 SHARD_FILE = re.compile(r".+\.tfrecord(\.gz)?")
 STAGING_PREFIX = ".staging-"
 MIN_TRAIN_SHARDS = 8  # so a multi-worker job can shard the training set by file
@@ -55,10 +56,6 @@ class Example:
     source_size: tuple[int, int]  # original (height, width), EXIF-oriented
     sha256: str
     stone_fraction: float
-
-
-class InputError(Exception):
-    """The run cannot start: missing input, no photos, or records already in the way."""
 
 
 # ----------------------------------------------------------------------------- decoding (worker processes)
@@ -91,12 +88,10 @@ def _start_worker() -> None:
 
 
 def decode_all(data: Path, pairs: list[Pair], size: tuple[int, int], workers: int) -> list[Example | list[Problem]]:
-    """decode_pair for every pair, in input order, on `workers` processes, with a progress bar."""
+    """decode_pair for every pair, in input order, on `workers` processes, with progress."""
     job = functools.partial(decode_pair, data, size=size)
     if workers <= 1 or len(pairs) <= 1:
-        from keras.utils import Progbar
-
-        return _collect(map(job, pairs), Progbar(len(pairs), unit_name="photo"))
+        return _collect(map(job, pairs), cli.Progress(len(pairs), "photo", PROG))
     # The workers come from a fork server (spawn where there is none), never from forking this process:
     # it may already run TensorFlow threads. The server preloads OpenCV and NumPy, so workers start fast.
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
@@ -105,9 +100,8 @@ def decode_all(data: Path, pairs: list[Pair], size: tuple[int, int], workers: in
         context.set_forkserver_preload([io.__name__])
     with context.Pool(min(workers, len(pairs)), initializer=_start_worker) as pool:
         results = pool.imap(job, pairs)
-        from keras.utils import Progbar  # imported (seconds) while the workers already decode
-
-        return _collect(results, Progbar(len(pairs), unit_name="photo"))
+        # On a terminal the progress bar is Keras', imported (seconds) while the workers already decode.
+        return _collect(results, cli.Progress(len(pairs), "photo", PROG))
 
 
 def _collect(results, progress) -> list:
@@ -154,25 +148,26 @@ def shard_count(split: str, examples: int, total_bytes: int, train_shards: int |
 
 
 def to_tf_example(example: Example) -> bytes:
-    """The serialized tf.train.Example of one record (features: records/README.md)."""
+    """The serialized tf.train.Example of one record (features: stoneseg.records.FEATURES)."""
     import tensorflow as tf
 
-    def as_bytes(value: bytes) -> tf.train.Feature:
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+    values = {
+        "image/png": example.image_png,
+        "mask/png": example.mask_png,
+        "image/height": example.size[0],
+        "image/width": example.size[1],
+        "source/name": example.source.encode(),
+        "source/height": example.source_size[0],
+        "source/width": example.source_size[1],
+        "source/sha256": example.sha256.encode(),
+    }
 
-    def as_int(value: int) -> tf.train.Feature:
+    def feature(name: str, value) -> tf.train.Feature:
+        if records.FEATURES[name] == "bytes":
+            return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
 
-    features = {
-        "image/png": as_bytes(example.image_png),
-        "mask/png": as_bytes(example.mask_png),
-        "image/height": as_int(example.size[0]),
-        "image/width": as_int(example.size[1]),
-        "source/name": as_bytes(example.source.encode()),
-        "source/height": as_int(example.source_size[0]),
-        "source/width": as_int(example.source_size[1]),
-        "source/sha256": as_bytes(example.sha256.encode()),
-    }
+    features = {name: feature(name, value) for name, value in values.items()}
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
 
@@ -195,7 +190,8 @@ def existing_records(out: Path) -> list[Path]:
 
 
 def write_records(out: Path, shards: dict[str, list[Example]], manifest: dict, gzip: bool) -> None:
-    """Write the shards and the manifest into a staging folder inside `out`, then publish them."""
+    """Write the shards and the manifest, with each shard's size and SHA-256 added to it, into a staging
+    folder inside `out`, then publish them."""
     created_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_staging(out)
@@ -203,6 +199,7 @@ def write_records(out: Path, shards: dict[str, list[Example]], manifest: dict, g
     try:
         for name, examples in shards.items():
             write_shard(staging / name, examples, gzip)
+        manifest = {**manifest, "checksums": {name: records.shard_checksum(staging / name) for name in shards}}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _publish(staging, out, list(shards))
     except BaseException:
@@ -291,7 +288,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="share of photos for test (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the split (default: %(default)s)")
     parser.add_argument("--shards", type=int, default=None, metavar="N", help="number of train shards")
-    parser.add_argument("--workers", type=int, default=_cores(), metavar="N",
+    parser.add_argument("--workers", type=int, default=cli.cores(), metavar="N",
                         help="decode processes (default: all cores, %(default)s)")
     parser.add_argument("--gzip", action="store_true", help="GZIP-compress the shards (.tfrecord.gz)")
     parser.add_argument("--overwrite", action="store_true", help="replace records already in --out")
@@ -308,27 +305,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+# The options that do not change what the records hold; build_options leaves them out.
+NOT_RECORD_OPTIONS = ("data", "out", "workers", "overwrite")
 
 
+def build_options(args: argparse.Namespace) -> list[str]:
+    """The options these records were built with, as command-line words (every option that changes what
+    the records hold, whatever its value), so that an error about damaged records can say how to rebuild."""
+    words = []
+    for dest, value in vars(args).items():
+        if dest in NOT_RECORD_OPTIONS or value is None or value is False:
+            continue
+        words.append("--" + dest.replace("_", "-"))
+        if value is not True:
+            words += [str(item) for item in (value if isinstance(value, list) else [value])]
+    return words
+
+
+@cli.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     """Run the tool; returns the exit status (0 done, 1 bad input or records in the way)."""
     args = parse_args(argv)
     size = (args.size[0], args.size[-1])
-    try:
-        in_the_way = existing_records(args.out)
-        if in_the_way and not args.overwrite:
-            raise InputError(f"{args.out} already holds records ({', '.join(p.name for p in in_the_way[:3])}"
-                             f"{', ...' if len(in_the_way) > 3 else ''}); pass --overwrite to replace them")
-        data = args.data if args.data is not None else _default_sample()
-        inventory = find_pairs(data)  # FileNotFoundError, NotADirectoryError
-        if not inventory.pairs and not inventory.problems:
-            raise InputError(f"no photos in {data} (expected X.jpg/.jpeg/.png with X_label.<ext>, or images/ "
-                             f"and masks/ folders){_listing(' ignored', inventory.strays)}")
-    except (InputError, OSError) as error:
-        print(f"build_records: error: {error}", file=sys.stderr)
-        return 1
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} is a file, not a folder")
+    in_the_way = existing_records(args.out)
+    if in_the_way and not args.overwrite:
+        raise InputError(f"{args.out} already holds records ({', '.join(p.name for p in in_the_way[:3])}"
+                         f"{', ...' if len(in_the_way) > 3 else ''}); pass --overwrite to replace them")
+    data = args.data if args.data is not None else _default_sample()
+    inventory = find_pairs(data)  # FileNotFoundError, NotADirectoryError
+    if not inventory.pairs and not inventory.problems:
+        raise InputError(f"no photos in {data} (expected X.jpg/.jpeg/.png with X_label.<ext>, or images/ "
+                         f"and masks/ folders){_listing(' ignored', inventory.strays)}")
 
     started = time.perf_counter()  # after any sample writing: the summary times the build alone
     workers = min(args.workers, max(1, len(inventory.pairs)))
@@ -339,14 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     problems = inventory.problems + [problem for result in results if isinstance(result, list) for problem in result]
 
     if problems and not args.skip_bad:
-        print(f"build_records: {len(problems)} problem(s) in {data}; nothing was written "
+        print(f"{PROG}: error: {len(problems)} problem(s) in {data}; nothing was written "
               "(fix them, or pass --skip-bad to leave those pairs out):", file=sys.stderr)
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
     if not examples:
-        print(f"build_records: error: no usable pair in {data}; nothing was written", file=sys.stderr)
-        return 1
+        raise InputError(f"no usable pair in {data}; nothing was written")
 
     by_source = {example.source: example for example in examples}
     splits = split_sources(list(by_source), args.val_fraction, args.test_fraction, args.seed)
@@ -375,8 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": [problem._asdict() for problem in problems],
         "strays": inventory.strays,
         "input": str(data),
+        "build_options": build_options(args),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    cli.import_tensorflow()  # for the shard writer, without TensorFlow's start-up lines
     write_records(args.out, shards, manifest, args.gzip)
     _print_summary(args.out, manifest, len(examples), time.perf_counter() - started)
     return 0

@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from stoneseg import cli
 from stoneseg.files import publish_folder
 
 PHOTO_QUALITY = 90
@@ -285,24 +286,22 @@ def write_sample(out: Path, count: int = 20, height: int = 3456, width: int = 48
     The files go into a temporary sibling folder that is renamed to `out` only when all are written, so
     an interrupted run leaves no half-written `out`. A non-empty `out` is an error unless `overwrite`,
     and even then it is replaced only if it holds nothing but sample files. `workers` processes render
-    in parallel (default: all cores) while a progress bar counts the finished photos.
+    in parallel (default: all cores) while cli.Progress counts the finished photos.
     """
     out = Path(out)
     if count < 1 or height < 16 or width < 16:
         raise ValueError(f"need count >= 1 and at least 16x16 pixels, got count={count}, {height}x{width}")
     refuse_to_clobber(out, overwrite)
 
-    from keras.utils import Progbar  # imported here: the worker processes never need Keras or TensorFlow
-
     target = out.resolve()
     staging = target.parent / f".{target.name}.partial-{os.getpid()}"
     staging.mkdir(parents=True)
     seeds = np.random.SeedSequence(seed).spawn(count)
-    workers = min(count, workers or len(os.sched_getaffinity(0)))
+    workers = min(count, workers or cli.cores())
     # Spawned, not forked: the caller may already run TensorFlow threads, which a fork would copy mid-flight.
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=single_threaded_opencv)
     try:
-        progress = Progbar(count, unit_name="photo")
+        progress = cli.Progress(count, "photo", "make_sample")
         pending = {pool.submit(write_pair, staging, index, count, seeds[index], height, width)
                    for index in range(count)}
         while pending:
@@ -332,20 +331,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--height", type=int, default=3456, help="photo height in pixels")
     parser.add_argument("--width", type=int, default=4806, help="photo width in pixels")
     parser.add_argument("--seed", type=int, default=0, help="random seed; image NN uses the stream (seed, NN)")
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+    parser.add_argument("--workers", type=int, default=cli.cores(),
                         help="worker processes rendering in parallel; all cores by default")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing sample in --out")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.count < 1 or args.workers < 1:
+        parser.error("--count and --workers must be at least 1")
+    if args.height < 16 or args.width < 16:
+        parser.error("--height and --width must be at least 16 pixels")
+    return args
 
 
+@cli.command("make_sample")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        photos = write_sample(args.out, args.count, args.height, args.width, args.seed, args.workers,
-                              args.overwrite)
-    except (ValueError, FileExistsError, NotADirectoryError) as error:
-        print(f"make_sample: error: {error}", file=sys.stderr)
-        return 1
+    photos = write_sample(args.out, args.count, args.height, args.width, args.seed, args.workers, args.overwrite)
     print(f"wrote {len(photos)} photos and masks to {args.out}")
     return 0
 
