@@ -11,6 +11,8 @@ The report folder holds metrics.json, per_image.csv and worst.png, a contact she
 the lowest IoU. Scores with a zero denominator are 1.0 (see `scores`).
 """
 
+from __future__ import annotations  # `keras.Model` annotations: Keras is imported once it is needed
+
 import argparse
 import csv
 import heapq
@@ -25,19 +27,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from stoneseg import cli, io
+from stoneseg.cli import InputError
+from stoneseg.files import publish_folder
+from stoneseg.pairs import find_pairs
+from stoneseg.records import check_shards, corrupted, load_manifest
+from stoneseg.predict import check_model_file, decode_ahead, full_size_mask, load_model, model_input_size, run_model
 
-import keras  # noqa: E402
+if TYPE_CHECKING:
+    import keras
 
-from stoneseg import io  # noqa: E402
-from stoneseg.data import load_manifest, read_examples  # noqa: E402
-from stoneseg.files import publish_folder  # noqa: E402
-from stoneseg.pairs import find_pairs  # noqa: E402
-from stoneseg.predict import InputError, decode_ahead, full_size_mask, load_model, model_input_size, run_model  # noqa: E402
+PROG = "evaluate"
 
 SCORES = ("iou", "dice", "precision", "recall")
 MODEL, ORIGINAL = "model", "original"  # the two resolutions scored
@@ -166,6 +171,8 @@ def _sheet_text(text: str, width: int) -> np.ndarray:
 def score_records(model: keras.Model, records: Path, split: str, threshold: float, batch_size: int,
                   worst: WorstPhotos, progress) -> list[PhotoScore]:
     """Score one split of the records at the model's resolution."""
+    from stoneseg.data import read_examples
+
     manifest = load_manifest(records)
     if tuple(manifest["image_size"]) != model_input_size(model):
         raise InputError(f"{records} holds {'x'.join(map(str, manifest['image_size']))} images but the model "
@@ -194,7 +201,9 @@ def score_folder(model: keras.Model, data: Path, pairs: list, threshold: float, 
 
     def fail(error):
         problems.append(str(error))
-        print(f"evaluate: error: {error}", file=sys.stderr, flush=True)
+        if cli.interactive():
+            print(flush=True)  # a line of its own, not the end of the progress bar's
+        cli.error_line(PROG, error)
         progress.add(1)
 
     def score_batch():
@@ -302,9 +311,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "<split> or <model stem>-<data folder>")
     parser.add_argument("--worst", type=int, default=8, metavar="N", help="photos on the contact sheet (0: none)")
     parser.add_argument("--batch-size", type=int, default=4, help="photos per model call")
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
-                        help="threads decoding photos with --data")
+    parser.add_argument("--workers", type=int, default=cli.cores(), help="threads decoding photos with --data")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    parser.add_argument("--skip-hash", action="store_true",
+                        help="with --records: check only the shards' sizes against manifest.json, not their SHA-256")
     args = parser.parse_args(argv)
     if not 0 <= args.threshold <= 1:
         parser.error("--threshold must be between 0 and 1")
@@ -313,51 +323,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@cli.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     """Run the tool; the exit status is 0 when every photo was scored, 1 otherwise."""
     args = parse_args(argv)
     out = args.out or default_out(args.model, args.records, args.split, args.data)
-    try:
-        if out.exists() and not args.overwrite:
-            raise InputError(f"{out} exists; pass --overwrite to replace it (or choose another --out)")
-        model = load_model(args.model)
-        if model_input_size(model) is None:
-            raise InputError(f"{args.model} takes images of any size; evaluation needs the size it was trained at")
-        if args.data is not None:
-            inventory = find_pairs(args.data)  # as tools.build_records pairs them
-            if not inventory.pairs:
-                raise InputError(f"no photo/mask pairs in {args.data}")
-            total = len(inventory.pairs)
-        else:
-            splits = load_manifest(args.records)["splits"]
-            if args.split not in splits:
-                raise InputError(f"{args.records}: no {args.split!r} split (it has {', '.join(splits)})")
-            total = splits[args.split]["examples"]
-    except (InputError, OSError, ValueError) as error:
-        print(f"evaluate: error: {error}", file=sys.stderr)
-        return 1
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out} exists; pass --overwrite to replace it (or choose another --out)")
+    check_model_file(args.model)
+    if args.data is not None:
+        inventory = find_pairs(args.data)  # as tools.build_records pairs them
+        if not inventory.pairs:
+            raise InputError(f"no photo/mask pairs in {args.data}")
+        total = len(inventory.pairs)
+    else:
+        manifest = load_manifest(args.records)
+        check_shards(args.records, manifest, [args.split], hashes=not args.skip_hash)
+        total = manifest["splits"][args.split]["examples"]
+    tf = cli.import_tensorflow()
+    model = load_model(args.model)
+    if model_input_size(model) is None:
+        raise InputError(f"{args.model} takes images of any size; evaluation needs the size it was trained at")
 
     source = f"{args.data}" if args.data is not None else f"{args.records} (split {args.split})"
-    print(f"Evaluating {args.model} on {total} photo(s) of {source} at threshold {args.threshold}")
+    print(f"Evaluating {args.model} on {total} photo(s) of {source} at threshold {args.threshold}", flush=True)
     started = time.perf_counter()
-    progress = keras.utils.Progbar(total, verbose=1 if sys.stdout.isatty() else 2, unit_name="photo")
+    progress = cli.Progress(total, "photo", PROG)
     worst = WorstPhotos(args.worst)
-    try:
-        if args.data is not None:
-            problems = [str(problem) for problem in inventory.problems]
-            for problem in problems:
-                print(f"evaluate: error: {problem}", file=sys.stderr)
-            photos, unreadable = score_folder(model, args.data, inventory.pairs, args.threshold, args.batch_size,
-                                              args.workers, worst, progress)
-            problems += unreadable
-        else:
+    if args.data is not None:
+        problems = [str(problem) for problem in inventory.problems]
+        for problem in problems:
+            cli.error_line(PROG, problem)
+        photos, unreadable = score_folder(model, args.data, inventory.pairs, args.threshold, args.batch_size,
+                                          args.workers, worst, progress)
+        problems += unreadable
+    else:
+        try:
             photos, problems = score_records(model, args.records, args.split, args.threshold, args.batch_size,
                                              worst, progress), []
-        if not photos:
-            raise InputError("no photo could be scored")
-    except InputError as error:
-        print(f"evaluate: error: {error}", file=sys.stderr)
-        return 1
+        except tf.errors.DataLossError as error:
+            raise corrupted(args.records, manifest, [args.split], error.message.splitlines()[0]) from None
+    if not photos:
+        raise InputError("no photo could be scored (each is named above); nothing was written")
 
     photos.sort(key=lambda photo: photo.name)
     resolutions = [MODEL] + ([ORIGINAL] if args.data is not None else [])
@@ -381,19 +388,15 @@ def main(argv: list[str] | None = None) -> int:
         title = f"{args.model} on {source}: the {len(metrics['worst'])} lowest IoU" + (
             " at original size" if args.data is not None else f" at {width}x{height}")
         files[SHEET] = io.encode_png(contact_sheet(worst.sorted(), title))
-    try:
-        write_report(out, files, args.overwrite)
-    except InputError as error:
-        print(f"evaluate: error: {error}", file=sys.stderr)
-        return 1
+    write_report(out, files, args.overwrite)
 
     print_table(metrics)
     if metrics["worst"]:
         print("lowest IoU: " + ", ".join(f"{entry['file']} {entry['iou']:.3f}" for entry in metrics["worst"]))
     print(f"report: {out}/ ({', '.join(files)}) in {time.perf_counter() - started:.1f} s")
     if problems:
-        print(f"evaluate: {len(problems)} photo(s) could not be scored and are left out:\n  " + "\n  ".join(problems),
-              file=sys.stderr)
+        print(f"{PROG}: {len(problems)} of {len(problems) + len(photos)} photo(s) could not be scored (each is named above) and are left "
+              "out; metrics.json lists them under 'skipped'", file=sys.stderr)
         return 1
     return 0
 

@@ -13,33 +13,38 @@ on the next batch. A tf.data pipeline over `py_function` would wrap the same Ope
 gain, and would make "report the bad file by name and go on" awkward.
 """
 
+from __future__ import annotations  # `keras.Model` annotations: Keras is imported once it is needed
+
 import argparse
 import csv
 import io as bytes_io
 import math
-import os
 import sys
 import time
+import zipfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, dataclass, fields
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from stoneseg import cli, io
+from stoneseg.choices import OUTPUT_STRIDE
+from stoneseg.cli import InputError
+from stoneseg.files import write_atomically
 
-import keras  # noqa: E402
+if TYPE_CHECKING:
+    import keras
 
-from stoneseg import io  # noqa: E402
-from stoneseg.files import write_atomically  # noqa: E402
-from stoneseg.model import OUTPUT_STRIDE  # noqa: E402
-
+PROG = "predict"
 MASK_SUFFIX = "_mask.png"
 OVERLAY_SUFFIX = "_overlay.jpg"
 PREDICTIONS_CSV = "predictions.csv"
+LISTED_OUTPUTS = 10  # outputs in the way named in the error line
 # Folder scans skip the prototype's masks (X_label.jpg) and this tool's own outputs.
 DERIVED_TAGS = ("_label", "_mask", "_overlay")
 # A connected stone region counts as a stone when it covers at least this share of the photo:
@@ -52,10 +57,6 @@ OVERLAY_QUALITY = 90
 OVERLAY_TINT = np.array([0, 255, 90], np.float32)  # RGB, blended into stone pixels
 OVERLAY_TINT_WEIGHT = 0.35
 OVERLAY_OUTLINE = (255, 230, 0)  # RGB
-
-
-class InputError(Exception):
-    """The run cannot start: a missing input, no photos, clashing names or outputs in the way."""
 
 
 @dataclass(frozen=True)
@@ -125,10 +126,21 @@ def write_predictions_csv(path: Path, rows: list[Prediction]) -> None:
 
 
 # ----------------------------------------------------------------------------- the model
-def load_model(path: Path) -> keras.Model:
-    """The saved model, loaded with safe_mode=True; it must map images to one probability per pixel."""
+def check_model_file(path: Path) -> None:
+    """An InputError unless `path` can be a .keras model file (checked before Keras is imported)."""
     if not Path(path).is_file():
         raise InputError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not a Keras model file (a .keras file is a zip archive, this is not)")
+
+
+def load_model(path: Path) -> keras.Model:
+    """The saved model, loaded with safe_mode=True; it must map images to one probability per pixel."""
+    import keras
+
+    import stoneseg.model  # noqa: F401  registers the layers of our own that a model file may hold
+
+    check_model_file(path)
     try:
         model = keras.models.load_model(path, safe_mode=True)
     except Exception as error:  # Keras raises ValueError, TypeError, OSError... for a bad file
@@ -148,6 +160,8 @@ def model_input_size(model: keras.Model) -> tuple[int, int] | None:
 
 def tile_model(model: keras.Model, tile: int) -> keras.Model:
     """The same network with the same weights, rebuilt for tile x tile inputs (it is fully convolutional)."""
+    import keras
+
     tiled = keras.models.clone_model(model, input_tensors=keras.Input((tile, tile, 3), dtype=model.inputs[0].dtype))
     tiled.set_weights(model.get_weights())
     return tiled
@@ -308,7 +322,7 @@ class Run:
         self.finishing = deque()
         self.rows: dict[Path, Prediction] = {}
         self.failures: list[str] = []
-        self.progress = keras.utils.Progbar(len(photos), verbose=1 if sys.stdout.isatty() else 2, unit_name="photo")
+        self.progress = cli.Progress(len(photos), "photo", PROG)
 
     def predict(self) -> tuple[list[Prediction], list[str]]:
         """Rows of the photos done, in input order, and one error line per photo that failed."""
@@ -371,8 +385,9 @@ class Run:
 
     def _fail(self, path, error):
         line = str(error) if isinstance(error, io.ImageError) else f"{path}: {error}"
-        # A line of its own even when an interactive progress bar is mid-line.
-        print(("\n" if sys.stdout.isatty() else "") + f"predict: error: {line}", file=sys.stderr, flush=True)
+        if cli.interactive():
+            print(flush=True)  # a line of its own, not the end of the progress bar's
+        cli.error_line(PROG, line)
         self.failures.append(line)
         self.progress.add(1)
 
@@ -404,7 +419,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tile-overlap", type=int, default=DEFAULT_TILE_OVERLAP, metavar="PX",
                         help="minimum overlap of neighbouring tiles, blended over this width")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+    parser.add_argument("--workers", type=int, default=cli.cores(),
                         help="threads decoding photos, and threads writing masks")
     args = parser.parse_args(argv)
     if not 0 <= args.threshold <= 1:
@@ -418,35 +433,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@cli.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     """Run the tool; the exit status is 0 when every photo was predicted, 1 otherwise."""
     args = parse_args(argv)
-    try:
-        photos = find_photos(args.inputs)
-        in_the_way = existing_outputs(photos, args.out, args.overlay)
-        if in_the_way and not args.overwrite:
-            raise InputError(f"{len(in_the_way)} output(s) exist already; nothing was written (pass --overwrite "
-                             "to replace them):\n  " + "\n  ".join(map(str, in_the_way)))
-        model = load_model(args.model)
-        if args.tile is None and model_input_size(model) is None:
-            raise InputError(f"{args.model} takes images of any size, so there is no size to resize photos to; "
-                             "use --tile")
-    except InputError as error:
-        print(f"predict: error: {error}", file=sys.stderr)
-        return 1
+    check_model_file(args.model)
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} is a file, not a folder")
+    photos = find_photos(args.inputs)
+    in_the_way = existing_outputs(photos, args.out, args.overlay)
+    if in_the_way and not args.overwrite:
+        listed = ", ".join(map(str, in_the_way[:LISTED_OUTPUTS]))
+        more = f" and {len(in_the_way) - LISTED_OUTPUTS} more" if len(in_the_way) > LISTED_OUTPUTS else ""
+        raise InputError(f"{len(in_the_way)} output(s) exist already ({listed}{more}); nothing was written "
+                         "(pass --overwrite to replace them)")
+    cli.import_tensorflow()
+    model = load_model(args.model)
+    if args.tile is None and model_input_size(model) is None:
+        raise InputError(f"{args.model} takes images of any size, so there is no size to resize photos to; "
+                         "use --tile")
 
+    created_out = not args.out.exists()
     args.out.mkdir(parents=True, exist_ok=True)
     how = f"in {args.tile}x{args.tile} tiles at full resolution" if args.tile else \
         "at {}x{}".format(*model_input_size(model))
-    print(f"Predicting {len(photos)} photo(s) {how} with {args.model}, threshold {args.threshold}")
+    print(f"Predicting {len(photos)} photo(s) {how} with {args.model}, threshold {args.threshold}", flush=True)
     started = time.perf_counter()
     rows, failures = Run(model, args, photos).predict()
+    if not rows:  # nothing to keep: leave --out as it was, so the same command works once the photos are fixed
+        if created_out and not any(args.out.iterdir()):
+            args.out.rmdir()
+        raise InputError(f"none of the {len(photos)} photo(s) could be predicted (each is named above); "
+                         "nothing was written")
     write_predictions_csv(args.out / PREDICTIONS_CSV, rows)
     elapsed = time.perf_counter() - started
     print(f"Wrote {len(rows)} mask(s){' and overlays' if args.overlay else ''} and {PREDICTIONS_CSV} to {args.out} "
           f"in {elapsed:.1f} s ({elapsed / max(1, len(photos)):.2f} s/photo)")
     if failures:
-        print(f"predict: {len(failures)} photo(s) failed:\n  " + "\n  ".join(failures), file=sys.stderr)
+        print(f"{PROG}: {len(failures)} of {len(photos)} photo(s) failed (each is named above) and are not in "
+              f"{PREDICTIONS_CSV}", file=sys.stderr)
         return 1
     return 0
 

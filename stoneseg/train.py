@@ -9,7 +9,6 @@ config.json, best.keras, history.csv, TensorBoard logs and a backup that a resta
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -17,22 +16,19 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from stoneseg import cli, records
+from stoneseg.choices import BLOCKS_PER_STAGE, LOSSES, STRATEGIES
+from stoneseg.cli import InputError
+from stoneseg.files import write_atomically
+from stoneseg.records import MANIFEST
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+# TensorFlow and the modules that need it are imported in main(), once the arguments and the records
+# have been checked: `--help` and an ordinary mistake answer at once, without TensorFlow's start-up.
 
-from stoneseg import distribute  # noqa: E402
-from stoneseg.augment import SegmentationAugmentation  # noqa: E402
-from stoneseg.callbacks import ResumableEarlyStopping, ValidationImages, best_epoch, read_history  # noqa: E402
-from stoneseg.data import MANIFEST, load_manifest, make_dataset, split_size  # noqa: E402
-from stoneseg.files import write_atomically  # noqa: E402
-from stoneseg.metrics import LOSSES, make_loss, training_metrics  # noqa: E402
-from stoneseg.model import BLOCKS_PER_STAGE, build_unet  # noqa: E402
-from stoneseg.trainer import SegmentationTrainer  # noqa: E402
-
+PROG = "train"
 BACKUP = "backup"
 PROTOTYPE_EPOCH_IMAGES = 240
+NOT_RUN_ARGUMENTS = ("run_dir", "skip_hash")  # a run resumed with other values is still the same run
 PACKAGES = ("stoneseg", "tensorflow", "keras", "numpy", "opencv-python-headless", "scikit-learn")
 
 
@@ -49,7 +45,7 @@ def parse_args(argv=None):
         default=None,
         help="run folder; default runs/<timestamp>, or the unfinished run with the same arguments, which resumes",
     )
-    parser.add_argument("--strategy", choices=distribute.STRATEGIES, default="auto", help="tf.distribute strategy")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="auto", help="tf.distribute strategy")
     parser.add_argument("--tpu", default="", help="TPU name or address for --strategy tpu")
     parser.add_argument("--epochs", type=int, default=50, help="maximum epochs")
     parser.add_argument("--batch-size", type=int, default=4, help="batch size per replica")
@@ -77,6 +73,12 @@ def parse_args(argv=None):
     )
     parser.add_argument("--seed", type=int, default=42, help="seed for weights, shuffling and augmentation")
     parser.add_argument("--val-images", type=int, default=4, help="validation photos shown in TensorBoard each epoch")
+    parser.add_argument(
+        "--skip-hash",
+        action="store_true",
+        help="check only the shards' sizes against manifest.json, not their SHA-256 (saves reading a very large "
+        "record set once more at start)",
+    )
     args = parser.parse_args(argv)
     for name in ("epochs", "epoch_images", "batch_size", "patience", "steps_per_epoch", "image_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -84,22 +86,47 @@ def parse_args(argv=None):
     return args
 
 
+@cli.command(PROG)
 def main(argv=None):
     started = time.time()
     args = parse_args(argv)
+    manifest = records.load_manifest(args.records)
+    height, width = manifest["image_size"]
+    if args.image_size is not None and (args.image_size, args.image_size) != (height, width):
+        raise InputError(f"--image-size {args.image_size}: the records in {args.records} are {height}×{width}; "
+                         "rebuild them")
+    if not records.split_size(manifest, "train") or not records.split_size(manifest, "val"):
+        raise InputError(f"{args.records / MANIFEST}: training needs a train and a val split (build with "
+                         "--val-fraction > 0)")
+    records.check_shards(args.records, manifest, ("train", "val"), hashes=not args.skip_hash)
+
+    tf = cli.import_tensorflow()
+    try:
+        return train_model(args, manifest, started)
+    except tf.errors.DataLossError as error:
+        raise records.corrupted(args.records, manifest, ("train", "val"), error.message.splitlines()[0]) from None
+
+
+def train_model(args, manifest, started):
+    """Train as `args` say on the checked records of `manifest`; returns the exit status."""
+    import keras
+    import tensorflow as tf
+
+    from stoneseg import distribute
+    from stoneseg.augment import SegmentationAugmentation
+    from stoneseg.callbacks import ResumableEarlyStopping, ValidationImages, best_epoch, read_history
+    from stoneseg.data import make_dataset
+    from stoneseg.metrics import make_loss, training_metrics
+    from stoneseg.model import build_unet
+    from stoneseg.trainer import SegmentationTrainer
+
     strategy = distribute.resolve_strategy(args.strategy, args.tpu)
     keras.utils.set_random_seed(args.seed)
     accelerated = bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
     jit = accelerated if args.jit is None else args.jit
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if args.strategy == "tpu" else "mixed_float16")
-
-    manifest = load_manifest(args.records)
     height, width = manifest["image_size"]
-    if args.image_size is not None and (args.image_size, args.image_size) != (height, width):
-        sys.exit(f"--image-size {args.image_size}: the records in {args.records} are {height}×{width}; rebuild them")
-    if not split_size(manifest, "train") or not split_size(manifest, "val"):
-        sys.exit(f"{args.records / MANIFEST}: training needs a train and a val split (build with --val-fraction > 0)")
 
     run_dir = find_run_dir(args)
     chief = distribute.is_chief(strategy)
@@ -107,13 +134,13 @@ def main(argv=None):
     history = read_history(task_dir / "history.csv")
     resuming = (task_dir / BACKUP).is_dir()
     if history and not resuming:
-        sys.exit(f"{run_dir} holds a finished run ({len(history)} epochs); choose another --run-dir")
+        raise InputError(f"{run_dir} holds a finished run ({len(history)} epochs); choose another --run-dir")
     task_dir.mkdir(parents=True, exist_ok=True)
     if chief:
         write_config(run_dir, args, manifest, strategy, jit)
 
     global_batch = args.batch_size * strategy.num_replicas_in_sync
-    epoch_images = max(args.epoch_images, split_size(manifest, "train"))
+    epoch_images = max(args.epoch_images, records.split_size(manifest, "train"))
     steps_per_epoch = args.steps_per_epoch or max(1, epoch_images // global_batch)
     workers = distribute.num_workers(strategy)
     print(
@@ -165,7 +192,7 @@ def main(argv=None):
         steps_per_epoch=steps_per_epoch,
         shuffle=False,  # the dataset shuffles
         callbacks=callbacks,
-        verbose=1 if sys.stdout.isatty() else 2,
+        verbose=1 if cli.interactive() else 2,  # one plain line per epoch in a log
     )
     if not chief:
         shutil.rmtree(task_dir, ignore_errors=True)
@@ -193,8 +220,10 @@ def write_config(run_dir, args, manifest, strategy, jit):
     path = run_dir / "config.json"
     if path.exists():
         if json.loads(path.read_text())["arguments"] != _run_arguments(args):
-            sys.exit(f"{path}: this run folder holds a run with other arguments; choose another --run-dir")
+            raise InputError(f"{path}: this run folder holds a run with other arguments; choose another --run-dir")
         return
+    import tensorflow as tf
+
     manifest_bytes = (args.records / MANIFEST).read_bytes()
     config = {
         "arguments": _run_arguments(args),
@@ -214,6 +243,8 @@ def write_config(run_dir, args, manifest, strategy, jit):
 
 def summary(run_dir, seconds):
     """One line: the best epoch, its validation scores and where the model is."""
+    from stoneseg.callbacks import best_epoch, read_history
+
     history = read_history(run_dir / "history.csv")
     best = best_epoch(history)
     if best is None:
@@ -226,8 +257,9 @@ def summary(run_dir, seconds):
 
 
 def _run_arguments(args):
-    """The arguments that define a run, as JSON-ready values (the run folder itself excluded)."""
-    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items() if key != "run_dir"}
+    """The arguments that define a run, as JSON-ready values (the run folder and --skip-hash excluded)."""
+    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
+            if key not in NOT_RUN_ARGUMENTS}
 
 
 if __name__ == "__main__":

@@ -226,7 +226,8 @@ def test_corrupt_and_empty_files_are_reported_by_name_and_the_rest_predicted(cap
     assert len(error_lines) == 2
     assert any("Broken.jpg" in line and "truncated" in line for line in error_lines)
     assert any("Empty.png" in line and "empty" in line for line in error_lines)
-    assert "2 photo(s) failed" in stderr
+    assert stderr.count("Broken.jpg") == stderr.count("Empty.png") == 1  # said once; the summary is a count
+    assert "2 of 5 photo(s) failed" in stderr
     assert sorted(p.name for p in out.iterdir()) == [
         "Image01_mask.png", "Image02_mask.png", "Image03_mask.png", "predictions.csv"]
     assert [Path(row["file"]).name for row in read_rows(out)] == ["Image01.JPG", "Image02.JPG", "Image03.JPG"]
@@ -279,3 +280,23 @@ def test_folder_scan_takes_photos_only_once_and_refuses_clashing_names(tmp_path)
         predict.find_photos([folder, other / "A.png"])
     with pytest.raises(predict.InputError, match="no such file or folder"):
         predict.find_photos([tmp_path / "missing"])
+
+
+def test_when_no_photo_succeeds_nothing_is_written_and_the_fixed_photo_goes_through(capsys, tmp_path, model64,
+                                                                                   tiny_photos):
+    """A failed run must not leave a header-only predictions.csv that makes the retry refuse to overwrite."""
+    photo = tmp_path / "Image01.JPG"
+    photo.write_bytes(b"")
+    out, existing = tmp_path / "out", tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("keep")
+    for folder in (out, existing):
+        status, _, stderr = run(capsys, model64, photo, "--out", folder)
+        assert status == 1 and stderr.count(str(photo)) == 1
+        assert "none of the 1 photo(s) could be predicted" in stderr and "nothing was written" in stderr
+    assert not out.exists() and [path.name for path in existing.iterdir()] == ["notes.txt"]
+
+    shutil.copy(tiny_photos / "Image01.JPG", photo)
+    status, stdout, _ = run(capsys, model64, photo, "--out", out)
+    assert status == 0 and [row["file"] for row in read_rows(out)] == [str(photo)]
+    assert "predict: 1/1 photos" in stdout and "\x1b" not in stdout  # plain progress when not a terminal

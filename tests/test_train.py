@@ -15,8 +15,9 @@ import pytest
 import tensorflow as tf
 
 from stoneseg import distribute
+import stoneseg.model  # noqa: F401  registers PhotoScale, which best.keras holds
 from stoneseg.callbacks import read_history
-from stoneseg.train import find_run_dir, parse_args
+from stoneseg.train import _run_arguments, find_run_dir, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "2", "--val-images", "2"]
@@ -31,17 +32,18 @@ def run_train(records, run_dir, *extra, env=None):
         train_command(records, run_dir, *extra), cwd=REPO, capture_output=True, text=True, timeout=300, env=env
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    return result.stdout, result.stderr
 
 
 @pytest.fixture(scope="module")
 def mirrored_run(tiny_records, tmp_path_factory):
+    """The run folder, stdout and stderr of a short mirrored run, started as a user would (output to a pipe)."""
     run_dir = tmp_path_factory.mktemp("runs") / "mirrored"
-    return run_dir, run_train(tiny_records, run_dir, "--strategy", "mirrored", *QUICK)
+    return run_dir, *run_train(tiny_records, run_dir, "--strategy", "mirrored", *QUICK)
 
 
 def test_mirrored_trains_end_to_end_on_cpu(mirrored_run, tiny_records):
-    run_dir, stdout = mirrored_run
+    run_dir, stdout, _ = mirrored_run
     assert "strategy mirrored (MirroredStrategy): 1 replica(s)" in stdout and "global batch 2" in stdout
     assert "best epoch" in stdout and str(run_dir / "best.keras") in stdout
     model = keras.models.load_model(run_dir / "best.keras", safe_mode=True)
@@ -55,7 +57,7 @@ def test_mirrored_trains_end_to_end_on_cpu(mirrored_run, tiny_records):
 
 
 def test_config_records_arguments_versions_and_manifest_hash(mirrored_run, tiny_records):
-    run_dir, _ = mirrored_run
+    run_dir, *_ = mirrored_run
     config = json.loads((run_dir / "config.json").read_text())
     assert config["arguments"]["strategy"] == "mirrored" and config["arguments"]["lr"] == 1e-3
     assert config["arguments"]["loss"] == "bce" and config["arguments"]["patience"] == 5
@@ -66,7 +68,7 @@ def test_config_records_arguments_versions_and_manifest_hash(mirrored_run, tiny_
 
 
 def test_tensorboard_has_the_scalars_and_the_validation_images(mirrored_run):
-    run_dir, _ = mirrored_run
+    run_dir, *_ = mirrored_run
     tags = {}
     for events in (run_dir / "logs").rglob("events.out.tfevents.*"):
         for event in tf.compat.v1.train.summary_iterator(str(events)):
@@ -74,7 +76,9 @@ def test_tensorboard_has_the_scalars_and_the_validation_images(mirrored_run):
                 tags.setdefault(events.parent.name, {}).setdefault(value.tag, []).append(value)
     for scalar in ("epoch_loss", "epoch_iou", "epoch_dice"):
         assert len(tags["train"][scalar]) == 2 and len(tags["validation"][scalar]) == 2
-    assert "epoch_learning_rate" in tags["train"]
+    assert set(tags["train"]) == {"epoch_loss", "epoch_iou", "epoch_dice", "epoch_learning_rate"}  # as the README lists
+    assert set(tags["validation"]) == {"epoch_loss", "epoch_iou", "epoch_dice", "evaluation_loss_vs_iterations",
+                                       "evaluation_iou_vs_iterations", "evaluation_dice_vs_iterations"}
     images = tags["images"]["validation/photo_truth_prediction"]
     assert len(images) == 2  # one per epoch
     # Each image summary holds the photos as PNGs, photo | truth | prediction side by side.
@@ -134,9 +138,9 @@ def test_the_same_command_finds_its_unfinished_run(tmp_path, monkeypatch):
     args = parse_args(["--epochs", "3"])
     unfinished = tmp_path / "runs" / "20260101-000000"
     (unfinished / "backup").mkdir(parents=True)
-    (unfinished / "config.json").write_text(json.dumps({"arguments": json.loads(json.dumps(
-        {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "run_dir"}))}))
+    (unfinished / "config.json").write_text(json.dumps({"arguments": json.loads(json.dumps(_run_arguments(args)))}))
     assert find_run_dir(args) == Path("runs/20260101-000000")
+    assert find_run_dir(parse_args(["--epochs", "3", "--skip-hash"])) == Path("runs/20260101-000000")  # same run
     assert find_run_dir(parse_args(["--epochs", "4"])) != Path("runs/20260101-000000")
     (unfinished / "backup").rmdir()  # finished runs are never reused
     assert find_run_dir(args) != Path("runs/20260101-000000")
@@ -163,8 +167,18 @@ def _free_port():
         return sock.getsockname()[1]
 
 
+def test_a_run_logs_plain_lines_and_nothing_on_stderr(mirrored_run):
+    """With stdout a pipe, Keras prints one line per epoch without a progress bar's escape codes, and
+    TensorFlow's start-up notices are dropped, so stderr is empty."""
+    _, stdout, stderr = mirrored_run
+    assert stderr == ""
+    assert "\x1b" not in stdout and "\r" not in stdout and "━" not in stdout
+    epoch_lines = [line for line in stdout.splitlines() if line.startswith("2/2 - ")]
+    assert len(epoch_lines) == 2 and all("val_loss: " in line for line in epoch_lines)
+
+
 def test_a_finished_run_folder_is_not_trained_again(mirrored_run, tiny_records):
-    run_dir, _ = mirrored_run
+    run_dir, *_ = mirrored_run
     before = (run_dir / "best.keras").read_bytes()
     result = subprocess.run(train_command(tiny_records, run_dir, "--strategy", "mirrored", *QUICK),
                             cwd=REPO, capture_output=True, text=True, timeout=300)
