@@ -20,6 +20,7 @@ from pathlib import Path
 
 import cv2
 
+from stoneseg import cli
 from stoneseg.io import read_photo
 from tools import build_records
 from tools.make_sample import write_sample
@@ -66,7 +67,7 @@ def main() -> None:
             path.read_bytes()
     height, width = read_photo(pairs[0][0], 8)[1]
     print(f"{count} photos + masks of {width}x{height}, {megabytes:.0f} MB; size {args.size}; "
-          f"{build_records._cores()} cores; load average {os.getloadavg()[0]:.1f}")
+          f"{cli.cores()} cores; load average {os.getloadavg()[0]:.1f}")
 
     with tempfile.TemporaryDirectory() as scratch:
         first = seconds(lambda: build(args.size, Path(scratch)))
