@@ -5,6 +5,7 @@ Importing this module loads neither TensorFlow nor Keras, so a command parses it
 answers `--help`) before it pays for them.
 """
 
+import contextlib
 import functools
 import os
 import re
@@ -71,13 +72,8 @@ def import_tensorflow():
     or 1 to see them all.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("0", "1"):
-        import keras  # noqa: F401
-        import tensorflow as tf
-
-        tf.config.list_physical_devices("GPU")
-        return tf
-    with _start_up_notices_dropped():
+    wanted = os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("0", "1")
+    with contextlib.nullcontext() if wanted else _start_up_notices_dropped():
         import keras  # noqa: F401
         import tensorflow as tf
 
@@ -85,26 +81,23 @@ def import_tensorflow():
     return tf
 
 
-class _start_up_notices_dropped:
+@contextlib.contextmanager
+def _start_up_notices_dropped():
     """Send file descriptor 2 to a temporary file for the block, then copy what it caught to stderr
     without the START_UP_NOTICES lines (C++ code writes to the descriptor, not to `sys.stderr`)."""
-
-    def __enter__(self):
-        sys.stderr.flush()
-        self.caught = tempfile.TemporaryFile()
-        self.saved = os.dup(2)
-        os.dup2(self.caught.fileno(), 2)
-
-    def __exit__(self, *exc_info):
-        sys.stderr.flush()
-        os.dup2(self.saved, 2)
-        os.close(self.saved)
-        self.caught.seek(0)
-        lines = self.caught.read().decode(errors="replace").splitlines(keepends=True)
-        self.caught.close()
-        kept = "".join(line for line in lines if not START_UP_NOTICES.search(line))
-        if kept:
-            sys.stderr.write(kept)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            lines = caught.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not START_UP_NOTICES.search(line)))
             sys.stderr.flush()
 
 

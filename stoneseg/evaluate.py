@@ -36,8 +36,8 @@ from stoneseg import cli, io
 from stoneseg.cli import InputError
 from stoneseg.files import publish_folder
 from stoneseg.pairs import find_pairs
-from stoneseg.records import check_shards, corrupted, load_manifest
 from stoneseg.predict import check_model_file, decode_ahead, full_size_mask, load_model, model_input_size, run_model
+from stoneseg.records import check_shards, corrupted, load_manifest
 
 if TYPE_CHECKING:
     import keras
@@ -395,8 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         print("lowest IoU: " + ", ".join(f"{entry['file']} {entry['iou']:.3f}" for entry in metrics["worst"]))
     print(f"report: {out}/ ({', '.join(files)}) in {time.perf_counter() - started:.1f} s")
     if problems:
-        print(f"{PROG}: {len(problems)} of {len(problems) + len(photos)} photo(s) could not be scored (each is named above) and are left "
-              "out; metrics.json lists them under 'skipped'", file=sys.stderr)
+        print(f"{PROG}: {len(problems)} of {len(problems) + len(photos)} photo(s) could not be scored (each is named "
+              "above) and are left out; metrics.json lists them under 'skipped'", file=sys.stderr)
         return 1
     return 0
 
