@@ -125,11 +125,12 @@ def fill(text, places, tiny_records):
 
 @pytest.mark.parametrize("case", MISTAKES)
 def test_an_ordinary_mistake_ends_in_one_error_line(case, places, tiny_records):
-    """Each of these fails before TensorFlow loads, so each answers in well under a second."""
+    """Each of these is caught before any work starts (nothing on stdout: no "Decoding", "strategy",
+    "Predicting" or "Evaluating" line) and before TensorFlow loads, so each answers within a second."""
     module, arguments, expected = MISTAKES[case]
     result = run(module, *fill(arguments, places, tiny_records).split())
     assert fill(expected, places, tiny_records) in the_error_line(result, module)
-    assert not (places / "new").exists()
+    assert result.stdout == "" and not (places / "new").exists()
 
 
 def test_a_text_file_given_as_a_photo_is_named_once_and_nothing_is_written(places):
