@@ -1,0 +1,603 @@
+"""Measuring stones: probabilities or a mask → instances → per-stone rows → size distribution.
+
+Pure functions on arrays (labels in, labels out; tables in, numbers out): reading photos, writing
+files and command lines live in `stoneseg.predict` and `stoneseg.evaluate`, which both use this module.
+
+- `split_stones`: a mask (or probability map) at the photo's full size → instance labels, touching
+  stones separated by a distance-transform watershed with seeds at least `min_distance` apart, pieces
+  joined by a wide neck merged back.
+- `true_stones`: a true mask → its 8-connected regions (the true masks separate touching stones
+  with thin background gaps, so each region is one stone).
+- `measure_stones`: labels → `StoneTable`, one row per stone (centroid, area, equivalent-circle
+  diameter, ellipse axes, touches_edge; in pixels, and in millimetres given mm per pixel).
+- `size_distribution`: tables → cumulative percent passing and D10/D50/D80, by area or by count;
+  `size_curve_png` draws it.
+- `compare_instances` / `instance_scores`: predicted vs true instances, matched one-to-one at
+  IoU >= 0.5, per photo or pooled over photos.
+- `encode_instances_png` / `decode_instances_png` (16-bit labels, 0 = background), `draw_stones`
+  (each stone outlined in its own colour), and `border_weights` (the U-Net paper's weight map).
+"""
+
+import io as bytes_io
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import ndimage
+from skimage.segmentation import watershed
+
+# A region counts as a stone when it covers at least this share of the photo: 1,661 pixels (about 41 x 41)
+# of a 3456 x 4806 photo, 26 pixels of a 512 x 512 one. Smaller specks are noise at the model's
+# resolution. 219 of stones20's 6,235 true stones (3.5 %) are smaller; they still count as true stones.
+MIN_STONE_FRACTION = 1e-4
+# The split's three settings, measured by bench/split_stones.py on stones20's 17 photos outside the test
+# split, with the true masks merged the way models at three resolutions merge touching stones (README,
+# "Measuring stones"). Seeds of the watershed are at least MIN_DISTANCE_FRACTION of the photo's shorter
+# side apart (5 px of a 512 px photo, 35 px of a 3456 x 4806 one) ...
+MIN_DISTANCE_FRACTION = 0.01
+# ... and two neighbouring pieces are merged back when the neck between them is at least NECK_RATIO times
+# as wide as the narrower piece (see `_merge_wide_necks`).
+NECK_RATIO = 0.85
+# The split runs on the mask area-reduced by a whole factor to at most this many pixels; the labels are then
+# brought back to the full-size mask. A whole 3456 x 4806 photo took the watershed 8.4 s; at this size the
+# smallest stone (MIN_STONE_FRACTION) is still about 7 pixels across, and stones20 scores as at full size.
+WORK_PIXELS = 500_000
+# Size distributions weigh each stone by its area unless asked otherwise (see `size_distribution`).
+DEFAULT_WEIGHTING = "area"
+WEIGHTINGS = ("area", "count")
+MATCH_IOU = 0.5
+MAX_LABEL_16BIT = 65535
+
+_MATPLOTLIB = threading.Lock()
+
+PIXEL_COLUMNS = ("id", "centroid_x", "centroid_y", "area_px", "diameter_px", "major_axis_px", "minor_axis_px",
+                 "touches_edge")
+MM_COLUMNS = ("area_mm2", "diameter_mm", "major_axis_mm", "minor_axis_mm")
+
+
+# ----------------------------------------------------------------------------- instances
+def stone_mask(stones: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """uint8 {0, 1} mask of a probability map (stone where >= threshold) or of a mask (stone where nonzero)."""
+    stones = np.asarray(stones)
+    if stones.ndim != 2:
+        raise ValueError(f"expected one (height, width) map, got an array of shape {stones.shape}")
+    if np.issubdtype(stones.dtype, np.floating):
+        return (stones >= threshold).view(np.uint8)
+    if stones.dtype == np.uint8:
+        return cv2.threshold(stones, 0, 1, cv2.THRESH_BINARY)[1]
+    return (stones != 0).view(np.uint8)
+
+
+def default_min_distance(shape: tuple[int, ...]) -> float:
+    """The default seed distance in pixels for a photo of `shape` (height, width): MIN_DISTANCE_FRACTION of
+    its shorter side."""
+    return MIN_DISTANCE_FRACTION * min(shape[:2])
+
+
+def work_factor(shape: tuple[int, ...], work_pixels: int = WORK_PIXELS) -> int:
+    """The smallest whole factor that reduces a (height, width) image to at most `work_pixels` pixels."""
+    height, width = shape[:2]
+    factor = max(1, math.floor(math.sqrt(height * width / work_pixels)))
+    while math.ceil(height / factor) * math.ceil(width / factor) > work_pixels:
+        factor += 1
+    return factor
+
+
+def split_stones(stones: np.ndarray, min_distance: float | None = None, *, neck_ratio: float | None = NECK_RATIO,
+                 threshold: float = 0.5, min_area: float | None = None, work_pixels: int = WORK_PIXELS,
+                 return_boxes: bool = False):
+    """Instance labels (uint16, same shape, 0 = background, stones 1..n) of a stone mask or probability map;
+    with `return_boxes`, (labels, boxes): each stone's bounding box as a (rows, columns) pair of slices,
+    at most one working cell larger than tight, for `measure_stones(labels, boxes=boxes)` (it then skips
+    its own pass over the whole photo, the larger part of its time on a 3456 x 4806 photo).
+
+    Touching stones that the mask joins are separated by a watershed on the distance to the background,
+    flooded from seeds: the local maxima of that distance within a square of side 2 * min_distance + 1,
+    so seeds are at least `min_distance` pixels apart (Chebyshev distance; exactly tied plateaus
+    excepted). `min_distance` is in pixels of `stones`; None means `default_min_distance`. Then
+    neighbouring pieces joined by a wide neck, at least `neck_ratio` times as wide as the narrower piece,
+    are merged back (touching stones meet in a narrow neck; None: no merging). A connected region with
+    fewer than two seeds stays whole. Stones smaller than `min_area` pixels (default MIN_STONE_FRACTION
+    of the photo) are dropped: background in the labels, though still in the mask.
+
+    Large photos are split at a reduced size (WORK_PIXELS, `work_factor`): the mask is area-reduced by a
+    whole factor f (a cell is stone when half of it or more is), split there, and the labels are
+    scaled back by repeating each cell f x f times and cut to the full-size mask, with the mask's pixels
+    in the cells just outside a stone given to that stone. So every labelled pixel is a mask pixel, all
+    but specks of the mask are labelled, and cut lines between touching stones sit to within f pixels.
+
+    A mask that is one huge region is split like any other. ValueError for a mask with no background
+    pixel at all (no distance to measure from: such a mask is almost always inverted or broken) and for
+    more than 65,535 stones (the 16-bit label limit).
+    """
+    mask = stone_mask(stones, threshold)
+    height, width = mask.shape
+    if not mask.any():
+        labels = np.zeros((height, width), np.uint16)
+        return (labels, []) if return_boxes else labels
+    if mask.all():
+        raise ValueError("the mask is stone everywhere: with no background there is nothing to separate stones "
+                         "by (is the mask inverted?)")
+    min_distance = default_min_distance(mask.shape) if min_distance is None else float(min_distance)
+    if min_distance < 0:
+        raise ValueError(f"min_distance must be >= 0, got {min_distance}")
+    min_area = MIN_STONE_FRACTION * height * width if min_area is None else float(min_area)
+
+    factor = work_factor(mask.shape, work_pixels)
+    work = mask if factor == 1 else _reduce(mask, factor)
+    distance = cv2.distanceTransform(work, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)  # to the nearest background pixel
+    labels = _watershed_split(work, distance, max(1, round(min_distance / factor)))
+    if neck_ratio is not None:
+        labels = _merge_wide_necks(labels, distance, neck_ratio)
+    labels = _drop_small(labels, min_area / factor**2)
+    boxes = ndimage.find_objects(labels) if return_boxes else []
+    if factor > 1:
+        labels = _fit_to_mask(labels, mask, factor)
+        boxes = [(_grow(rows, factor, height), _grow(columns, factor, width)) for rows, columns in boxes]
+    return (labels, boxes) if return_boxes else labels
+
+
+def _grow(cells: slice, factor: int, size: int) -> slice:
+    """The pixels of a run of working cells and of the cell on either side (where `_fit_to_mask` may extend
+    a stone)."""
+    return slice(max((cells.start - 1) * factor, 0), min((cells.stop + 1) * factor, size))
+
+
+def _reduce(mask: np.ndarray, factor: int) -> np.ndarray:
+    """The {0, 1} mask area-reduced by `factor`: a cell is stone when half of it or more is (OpenCV rounds
+    the mean). The mask is first padded with background to whole cells, for OpenCV's fast box average."""
+    height, width = mask.shape
+    if height % factor or width % factor:
+        mask = cv2.copyMakeBorder(mask, 0, -height % factor, 0, -width % factor, cv2.BORDER_CONSTANT, value=0)
+    size = (mask.shape[1] // factor, mask.shape[0] // factor)
+    return cv2.resize(mask, size, interpolation=cv2.INTER_AREA)  # the rounded mean of 0s and 1s
+
+
+def _watershed_split(mask: np.ndarray, distance: np.ndarray, min_distance: int) -> np.ndarray:
+    """int32 labels of `mask`: each 8-connected region with two seeds or more split by a watershed of the
+    negated `distance` to the background (scikit-image), the others whole."""
+    window = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * min_distance + 1, 2 * min_distance + 1))
+    peaks = (distance == cv2.dilate(distance, window)) & (mask > 0)
+    seed_count, seeds = cv2.connectedComponents(peaks.view(np.uint8), connectivity=8)  # a plateau is one seed
+    region_count, labels, boxes, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    region_of_seed = np.zeros(seed_count, np.int64)
+    region_of_seed[seeds[peaks]] = labels[peaks]
+    seeds_per_region = np.bincount(region_of_seed[1:], minlength=region_count)
+    for region in np.flatnonzero(seeds_per_region >= 2):
+        x, y, w, h = boxes[region, :4]
+        box = (slice(y, y + h), slice(x, x + w))
+        inside = labels[box] == region
+        split = watershed(-distance[box], np.where(inside, seeds[box], 0), mask=inside, connectivity=2)
+        labels[box][inside] = region_count + split[inside]  # seed ids are unique: new labels
+    return labels
+
+
+def _merge_wide_necks(labels: np.ndarray, distance: np.ndarray, neck_ratio: float) -> np.ndarray:
+    """`labels` with neighbouring regions merged where the neck joining them is at least `neck_ratio` times
+    as wide as the narrower of the two.
+
+    A region's width is its largest distance to the background (the radius of the largest disc inside
+    it), a neck's the largest distance along the two regions' common border. Two touching stones meet
+    in a narrow neck; a stone that the watershed cut in two (a bump, an elongated stone) has a wide one.
+    Pairs are merged widest neck first; a merged region is as wide as its widest part.
+    """
+    size = int(labels.max()) + 1
+    first, second, necks = _neck_widths(labels, distance)
+    widths = np.zeros(size)
+    for index, box in enumerate(ndimage.find_objects(labels)):  # 20x faster than ndimage.maximum here
+        if box is not None:
+            widths[index + 1] = distance[box][labels[box] == index + 1].max()
+    parent = np.arange(size)
+    for pair in np.argsort(-necks, kind="stable"):
+        a, b = _root(parent, first[pair]), _root(parent, second[pair])
+        if a != b and necks[pair] >= neck_ratio * min(widths[a], widths[b]):
+            parent[b] = a
+            widths[a] = max(widths[a], widths[b])
+    while not np.array_equal(parent, parent[parent]):
+        parent = parent[parent]
+    return parent[labels]
+
+
+def _neck_widths(labels: np.ndarray, distance: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every pair of 8-neighbouring regions (first < second): the largest min(distance) over the pairs
+    of neighbouring pixels, one in each."""
+    size = int(labels.max()) + 1
+    keys, values = [], []
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        here, there = _neighbours(labels, dy, dx)
+        near, far = _neighbours(distance, dy, dx)
+        border = (here != there) & (here > 0) & (there > 0)
+        low = np.minimum(here[border], there[border]).astype(np.int64)
+        high = np.maximum(here[border], there[border]).astype(np.int64)
+        keys.append(low * size + high)
+        values.append(np.minimum(near[border], far[border]))
+    keys, values = np.concatenate(keys), np.concatenate(values)
+    order = np.lexsort((values, keys))  # by pair, then by width: each pair's last entry is its widest
+    keys, values = keys[order], values[order]
+    last = np.append(keys[1:] != keys[:-1], True) if len(keys) else np.zeros(0, bool)
+    return keys[last] // size, keys[last] % size, values[last]
+
+
+def _neighbours(array: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two views of `array`: each pixel, and its neighbour (dy, dx) away (dy >= 0), where both exist."""
+    height, width = array.shape
+    columns = (slice(0, width - dx), slice(dx, width)) if dx >= 0 else (slice(-dx, width), slice(0, width + dx))
+    return array[:height - dy, columns[0]], array[dy:, columns[1]]
+
+
+def _root(parent: np.ndarray, node: int) -> int:
+    """The representative of `node`'s merged set (union-find, halving the path on the way)."""
+    while parent[node] != node:
+        parent[node] = parent[parent[node]]
+        node = parent[node]
+    return node
+
+
+def _drop_small(labels: np.ndarray, min_area: float) -> np.ndarray:
+    """uint16 labels renumbered 1..n in order, without the regions smaller than `min_area` pixels."""
+    areas = np.bincount(labels.ravel())
+    keep = areas >= max(min_area, 1)
+    keep[0] = False
+    count = int(keep.sum())
+    if count > MAX_LABEL_16BIT:
+        raise ValueError(f"{count:,} stones are more than a 16-bit label image holds ({MAX_LABEL_16BIT:,})")
+    renumber = np.zeros(len(areas), np.uint16)
+    renumber[keep] = np.arange(1, count + 1, dtype=np.uint16)
+    return renumber[labels]
+
+
+def _fit_to_mask(labels: np.ndarray, mask: np.ndarray, factor: int) -> np.ndarray:
+    """Reduced labels back at the mask's size: each cell repeated factor x factor times, the empty cells
+    next to a stone given to it (the larger label where two meet), then cut to the mask."""
+    grown = np.where(labels > 0, labels, cv2.dilate(labels, np.ones((3, 3), np.uint8)))
+    height, width = mask.shape
+    size = (grown.shape[1] * factor, grown.shape[0] * factor)
+    full = cv2.resize(grown, size, interpolation=cv2.INTER_NEAREST)[:height, :width]
+    return np.multiply(full, mask, dtype=np.uint16)
+
+
+def true_stones(mask: np.ndarray) -> np.ndarray:
+    """int32 labels of a true mask's 8-connected stone regions (nonzero = stone; stoneseg.io's masks are
+    already thresholded at 127), one region per stone."""
+    _, labels = cv2.connectedComponents(stone_mask(mask), connectivity=8, ltype=cv2.CV_32S)
+    return labels
+
+
+# ----------------------------------------------------------------------------- the per-stone table
+@dataclass(frozen=True)
+class StoneTable:
+    """One row per stone; `columns` maps PIXEL_COLUMNS (and MM_COLUMNS when mm_per_pixel is given) to arrays.
+
+    id: the stone's label. centroid_x, centroid_y: mean pixel position (x right, y down, pixel centres,
+    the top-left pixel at (0, 0)). area_px: pixel count. diameter_px: equivalent-circle diameter,
+    sqrt(4 * area / pi). major_axis_px, minor_axis_px: full axis lengths of the ellipse with the same
+    second moments as the stone's pixel centres (4 * sqrt of the covariance's eigenvalues; scikit-image's
+    axis_major_length). touches_edge: 1 if the stone has a pixel on the photo's border (it is truncated),
+    else 0. The *_mm columns are the same lengths times mm_per_pixel, area times its square.
+    """
+    columns: dict
+    mm_per_pixel: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.columns["id"])
+
+    def csv(self) -> bytes:
+        """The table as CSV text (header, then one line per stone)."""
+        names = list(self.columns)
+        lines = [",".join(names)]
+        for row in zip(*(self.columns[name] for name in names)):
+            lines.append(",".join(_csv_value(name, value) for name, value in zip(names, row)))
+        return ("\n".join(lines) + "\n").encode()
+
+
+def _csv_value(name: str, value) -> str:
+    if name in ("id", "area_px", "touches_edge"):
+        return str(int(value))
+    return f"{value:.6g}" if name.endswith("_mm") or name.endswith("_mm2") else f"{value:.2f}"
+
+
+def measure_stones(labels: np.ndarray, mm_per_pixel: float | None = None, boxes: Sequence | None = None) -> StoneTable:
+    """The per-stone table of an instance label image (0 = background; any nonnegative integer labels).
+
+    Each stone is measured in its bounding box with OpenCV's image moments. The boxes come from
+    scipy.ndimage.find_objects (one pass over the image), or from `boxes`: for each label 1, 2, ... a
+    (rows, columns) pair of slices holding all of its pixels, or None (as `split_stones` returns them).
+    mm_per_pixel, when given, must be > 0 (ValueError otherwise).
+    """
+    if mm_per_pixel is not None and not mm_per_pixel > 0:
+        raise ValueError(f"mm per pixel must be greater than 0, got {mm_per_pixel}")
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"expected a (height, width) integer label image, got {labels.dtype} {labels.shape}")
+    if labels.dtype.itemsize > 4 or labels.dtype == np.uint32:
+        labels = labels.astype(np.int32)  # find_objects takes at most 32-bit signed labels
+    rows = []
+    for index, box in enumerate(ndimage.find_objects(labels) if boxes is None else boxes):
+        if box is None:
+            continue
+        moments = cv2.moments((labels[box] == index + 1).view(np.uint8), binaryImage=True)
+        if not moments["m00"]:
+            continue
+        area = moments["m00"]
+        a, b, c = moments["mu20"] / area, moments["mu11"] / area, moments["mu02"] / area
+        spread = math.sqrt(((a - c) / 2) ** 2 + b**2)
+        rows.append((index + 1, box[1].start + moments["m10"] / area, box[0].start + moments["m01"] / area, area,
+                     math.sqrt(4 * area / math.pi), 4 * math.sqrt((a + c) / 2 + spread),
+                     4 * math.sqrt(max((a + c) / 2 - spread, 0.0))))
+    on_edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    values = np.array(rows, np.float64).reshape(-1, 7)
+    columns = {name: values[:, column] for column, name in enumerate(PIXEL_COLUMNS[:-1])}
+    columns["id"] = columns["id"].astype(np.int64)
+    columns["area_px"] = columns["area_px"].astype(np.int64)
+    columns["touches_edge"] = np.isin(columns["id"], on_edge).astype(np.int64)
+    if mm_per_pixel is not None:
+        for name in MM_COLUMNS:
+            area = name.endswith("_mm2")
+            columns[name] = columns[name.rsplit("_", 1)[0] + "_px"] * (mm_per_pixel**2 if area else mm_per_pixel)
+    return StoneTable(columns, mm_per_pixel)
+
+
+# ----------------------------------------------------------------------------- the size distribution
+@dataclass(frozen=True)
+class Distribution:
+    """A cumulative size distribution: `passing[i]` percent of the material (by area or by count) is no
+    larger than `sizes[i]` (ascending). Empty when no stone was measured; then the D values are None."""
+    sizes: np.ndarray
+    passing: np.ndarray
+    by: str
+    unit: str
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def size_passing(self, percent: float) -> float | None:
+        """The size that `percent` % of the material is finer than, read off the curve through the points
+        (size, percent passing), straight between points on a log size axis; below the first point, the
+        smallest size. None for an empty distribution."""
+        if not len(self.sizes):
+            return None
+        return float(np.exp(np.interp(percent, self.passing, np.log(self.sizes))))
+
+    @property
+    def d10(self) -> float | None:
+        return self.size_passing(10)
+
+    @property
+    def d50(self) -> float | None:
+        return self.size_passing(50)
+
+    @property
+    def d80(self) -> float | None:
+        return self.size_passing(80)
+
+
+def size_distribution(tables: StoneTable | Sequence[StoneTable], by: str = DEFAULT_WEIGHTING,
+                      include_edge: bool = False, unit: str | None = None) -> Distribution:
+    """The cumulative percent-passing curve of the stones' equivalent-circle diameters, pooled over `tables`.
+
+    by="area" (the default) weighs each stone by its area, as sieve analysis weighs by mass: that
+    assumes a stone's mass is proportional to its visible area (a single layer of similar thickness).
+    It is also the robust choice for an image: the many smallest stones, whose number depends most on
+    what a model finds at its resolution and on the minimum stone size, move a by-count D50 far more
+    than a by-area one. by="count" weighs every stone the same (a Wolman-style grain count).
+
+    Stones touching the photo's edge are left out unless `include_edge`, because they are truncated.
+    unit: "mm" or "px"; None means mm when every table has millimetres, else pixels.
+    """
+    tables = [tables] if isinstance(tables, StoneTable) else list(tables)
+    if by not in WEIGHTINGS:
+        raise ValueError(f"by must be one of {', '.join(WEIGHTINGS)}, got {by!r}")
+    has_mm = bool(tables) and all(table.mm_per_pixel is not None for table in tables)
+    unit = ("mm" if has_mm else "px") if unit is None else unit
+    if unit not in ("mm", "px") or (unit == "mm" and not has_mm):
+        raise ValueError(f"unit must be 'px', or 'mm' when every table has millimetres; got {unit!r}")
+    size_column, area_column = ("diameter_mm", "area_mm2") if unit == "mm" else ("diameter_px", "area_px")
+    sizes, weights = [], []
+    for table in tables:
+        keep = np.ones(len(table), bool) if include_edge else table.columns["touches_edge"] == 0
+        sizes.append(table.columns[size_column][keep])
+        weights.append(table.columns[area_column][keep] if by == "area" else np.ones(int(keep.sum())))
+    sizes = np.concatenate(sizes) if sizes else np.zeros(0)
+    weights = np.concatenate(weights).astype(np.float64) if weights else np.zeros(0)
+    order = np.argsort(sizes, kind="stable")
+    sizes, weights = sizes[order], weights[order]
+    passing = 100 * np.cumsum(weights) / weights.sum() if len(weights) else np.zeros(0)
+    return Distribution(sizes.astype(np.float64), passing, by, unit)
+
+
+def size_curve_png(distribution: Distribution, title: str = "") -> bytes | None:
+    """A PNG of the percent-passing curve on a log size axis with D10, D50 and D80 marked; None when the
+    distribution is empty (no stone to draw). Safe to call from several threads: matplotlib is not
+    thread-safe (its font objects are shared), so drawings take turns."""
+    if not len(distribution):
+        return None
+    with _MATPLOTLIB:
+        return _draw_curve(distribution, title)
+
+
+def _draw_curve(distribution: Distribution, title: str) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported here: only this function draws
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import LogFormatter
+
+    figure = Figure(figsize=(7, 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    figure.subplots_adjust(left=0.09, right=0.97, bottom=0.12, top=0.92)  # fixed: tight_layout costs ~5x the plot
+    axes = figure.add_subplot()
+    axes.plot(distribution.sizes, distribution.passing, color="#1f5fa8", linewidth=1.8,
+              marker="." if len(distribution) < 50 else None)
+    axes.set_xscale("log")
+    for set_formatter in (axes.xaxis.set_major_formatter, axes.xaxis.set_minor_formatter):
+        set_formatter(LogFormatter(labelOnlyBase=False))  # 20, 30, 100 rather than 2 x 10^1 ...: sizes read off
+    axes.set_ylim(0, 100)
+    axes.grid(True, which="both", color="#dddddd", linewidth=0.6)
+    for percent, colour in ((10, "#2a9d4b"), (50, "#d1495b"), (80, "#e39b17")):
+        size = distribution.size_passing(percent)
+        axes.axhline(percent, color=colour, linewidth=0.8, linestyle=":")
+        axes.axvline(size, color=colour, linewidth=1.0, linestyle="--",
+                     label=f"D{percent} = {size:.3g} {distribution.unit}")
+    axes.set_xlabel(f"equivalent-circle diameter ({distribution.unit}, log scale)")
+    axes.set_ylabel(f"percent passing (by {distribution.by})")
+    axes.set_title(f"{title}{' - ' if title else ''}{len(distribution)} stones", fontsize=10)
+    axes.legend(loc="lower right")
+    buffer = bytes_io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- instance scores
+@dataclass(frozen=True)
+class InstanceComparison:
+    """Predicted vs true instances of one photo: the counts, the one-to-one matches, and both tables."""
+    true_count: int
+    predicted_count: int
+    matched: int
+    true_stones: StoneTable
+    predicted_stones: StoneTable
+
+
+def match_instances(true_labels: np.ndarray, predicted_labels: np.ndarray, min_iou: float = MATCH_IOU) -> int:
+    """How many true and predicted instances pair up one-to-one with IoU >= min_iou (greedy, best IoU
+    first; above 0.5 a stone can overlap that much with only one other, so the pairing is unique)."""
+    if true_labels.shape != predicted_labels.shape:
+        raise ValueError(f"label images differ in shape: {true_labels.shape} vs {predicted_labels.shape}")
+    truth, predicted = true_labels.ravel().astype(np.int64), predicted_labels.ravel().astype(np.int64)
+    both = (truth > 0) & (predicted > 0)
+    width = int(predicted.max()) + 1
+    pairs, overlap = np.unique(truth[both] * width + predicted[both], return_counts=True)
+    true_index, predicted_index = np.divmod(pairs, width)
+    union = np.bincount(truth)[true_index] + np.bincount(predicted)[predicted_index] - overlap
+    iou = overlap / union
+    candidates = np.flatnonzero(iou >= min_iou)
+    used_true, used_predicted = set(), set()
+    for candidate in candidates[np.argsort(-iou[candidates], kind="stable")]:
+        t, p = int(true_index[candidate]), int(predicted_index[candidate])
+        if t not in used_true and p not in used_predicted:
+            used_true.add(t)
+            used_predicted.add(p)
+    return len(used_true)
+
+
+def compare_instances(true_labels: np.ndarray, predicted_labels: np.ndarray,
+                      min_iou: float = MATCH_IOU) -> InstanceComparison:
+    """Match one photo's predicted instances to its true ones and measure both."""
+    truth, predicted = measure_stones(true_labels), measure_stones(predicted_labels)
+    return InstanceComparison(len(truth), len(predicted), match_instances(true_labels, predicted_labels, min_iou),
+                              truth, predicted)
+
+
+def instance_scores(comparisons: InstanceComparison | Sequence[InstanceComparison], by: str = DEFAULT_WEIGHTING,
+                    include_edge: bool = False) -> dict:
+    """Counts, precision, recall and F1 of the matches, and the relative errors of D50 and D80, for one
+    photo or pooled over several (summed counts, one distribution of all their stones).
+
+    A ratio whose denominator is 0 is 1.0, as in stoneseg.evaluate (nothing to find and nothing found).
+    A D error is (predicted - true) / true, None when either side has no stone in its distribution.
+    """
+    comparisons = [comparisons] if isinstance(comparisons, InstanceComparison) else list(comparisons)
+    true_count = sum(c.true_count for c in comparisons)
+    predicted_count = sum(c.predicted_count for c in comparisons)
+    matched = sum(c.matched for c in comparisons)
+    truth = size_distribution([c.true_stones for c in comparisons], by, include_edge, unit="px")
+    predicted = size_distribution([c.predicted_stones for c in comparisons], by, include_edge, unit="px")
+    return {
+        "true_count": true_count,
+        "predicted_count": predicted_count,
+        "precision": matched / predicted_count if predicted_count else 1.0,
+        "recall": matched / true_count if true_count else 1.0,
+        "f1": 2 * matched / (true_count + predicted_count) if true_count + predicted_count else 1.0,
+        "d50_relative_error": _relative_error(predicted.d50, truth.d50),
+        "d80_relative_error": _relative_error(predicted.d80, truth.d80),
+    }
+
+
+def _relative_error(predicted: float | None, truth: float | None) -> float | None:
+    return None if predicted is None or truth is None else (predicted - truth) / truth
+
+
+# ----------------------------------------------------------------------------- images
+def encode_instances_png(labels: np.ndarray) -> bytes:
+    """16-bit single-channel PNG bytes of instance labels (0 = background, at most 65,535)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"expected a (height, width) integer label image, got {labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > MAX_LABEL_16BIT):
+        raise ValueError(f"labels must be 0..{MAX_LABEL_16BIT} for a 16-bit PNG, got {labels.min()}..{labels.max()}")
+    ok, buffer = cv2.imencode(".png", labels.astype(np.uint16, copy=False))
+    if not ok:
+        raise ValueError(f"OpenCV could not PNG-encode labels of shape {labels.shape}")
+    return buffer.tobytes()
+
+
+def decode_instances_png(data: bytes) -> np.ndarray:
+    """The uint16 labels of a PNG written by `encode_instances_png`."""
+    labels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if labels is None or labels.ndim != 2 or labels.dtype != np.uint16:
+        raise ValueError("not a 16-bit single-channel PNG of instance labels")
+    return labels
+
+
+def stone_colours(count: int = 256) -> np.ndarray:
+    """`count` RGB uint8 colours; consecutive ones differ in hue by the golden angle, so neighbouring
+    stones (which often have close ids) get clearly different colours."""
+    hues = (np.arange(count) * 137.508) % 360 / 2  # OpenCV's 8-bit hue is 0..179
+    hsv = np.stack([hues, np.full(count, 220), np.full(count, 255)], axis=-1).astype(np.uint8)
+    return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
+
+
+def draw_stones(photo: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The RGB photo with each stone outlined in its own colour, inside the stone (so the outlines of
+    touching stones sit side by side); line width scaled to the photo."""
+    if photo.shape[:2] != labels.shape:
+        raise ValueError(f"photo {photo.shape[:2]} and labels {labels.shape} differ in size")
+    labels = labels.astype(np.uint16, copy=False) if labels.max(initial=0) <= MAX_LABEL_16BIT else \
+        labels.astype(np.float32)  # cv2 morphology takes 16-bit or float labels, not 32-bit integers
+    width = max(1, round(min(labels.shape) / 500))
+    window = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * width + 1, 2 * width + 1))
+    edge = ((cv2.dilate(labels, window) != labels) | (cv2.erode(labels, window) != labels)) & (labels > 0)
+    overlay = photo.copy()
+    palette = stone_colours()
+    overlay[edge] = palette[labels[edge].astype(np.int64) % len(palette)]
+    return overlay
+
+
+# ----------------------------------------------------------------------------- the U-Net border weights
+def border_weights(mask: np.ndarray, w0: float = 10.0, sigma: float = 5.0, balance: bool = True) -> np.ndarray:
+    """The U-Net paper's weight map (Ronneberger et al. 2015), float32 of the mask's shape:
+
+        w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2))
+
+    d1, d2: distances to the nearest and second-nearest stone (the mask's 8-connected regions); the
+    second term is added on background pixels only, so it is large in the thin gaps between stones.
+    w_c: with `balance`, total pixels / (2 * pixels of the pixel's class), so stone and background carry
+    equal total weight (1 everywhere when one class is absent); without it, 1. Distances are computed
+    within 4 sigma of each stone: beyond that the term is below w0 * exp(-8), 0.0034 for w0 = 10.
+
+    Only the function: whether it becomes a training-loss option depends on a training experiment.
+    """
+    stones = true_stones(mask)
+    height, width = stones.shape
+    weights = np.ones((height, width), np.float32)
+    stone_pixels = int(np.count_nonzero(stones))
+    if balance and 0 < stone_pixels < stones.size:
+        weights[:] = stones.size / (2 * (stones.size - stone_pixels))
+        weights[stones > 0] = stones.size / (2 * stone_pixels)
+    reach = int(math.ceil(4 * sigma))
+    nearest = np.full((height, width), np.inf, np.float32)
+    second = np.full((height, width), np.inf, np.float32)
+    for index, box in enumerate(ndimage.find_objects(stones)):
+        if box is None:
+            continue
+        rows = slice(max(box[0].start - reach, 0), min(box[0].stop + reach, height))
+        columns = slice(max(box[1].start - reach, 0), min(box[1].stop + reach, width))
+        distance = cv2.distanceTransform((stones[rows, columns] != index + 1).view(np.uint8), cv2.DIST_L2,
+                                         cv2.DIST_MASK_PRECISE)
+        near, far = nearest[rows, columns], second[rows, columns]
+        np.minimum(far, np.maximum(near, distance), out=far)
+        np.minimum(near, distance, out=near)
+    border = w0 * np.exp(-((nearest + second) ** 2) / (2 * sigma**2))
+    weights += np.where(stones == 0, border, 0).astype(np.float32)
+    return weights
