@@ -16,9 +16,9 @@
     and in absolute pixels; with wide necks merged back, at several seed distances and neck ratios; and
     the defaults at several working sizes.
 (2) Speed, on 3456 x 4806 photos from tools.make_sample (--sample, written if missing): medians of
-    seconds per photo for what predict's finishing step does today (bilinear upsample of a 256 x 256
-    map, threshold, 8-bit PNG encode, connected-region count; not the file write) beside split,
-    measure, 16-bit PNG encode, distribution + curve, and overlay.
+    seconds per photo for what predict's finishing step does today (the mask: bilinear upsample of a
+    256 x 256 map, threshold, 8-bit PNG encode; the stone count: connected regions; not the file
+    write) beside split, measure, 16-bit PNG encode, distribution + curve, and overlay.
 """
 
 import argparse
@@ -42,7 +42,8 @@ PIXELS = (5, 8, 12, 16, 24)
 NECK_FRACTIONS = (0.005, 0.01, 0.02, 0.03)
 NECK_RATIOS = (0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 WORK_SIZES = (None, 2_000_000, 1_000_000, 500_000, 250_000)  # None: the photo's own size
-TODAY = "finishing a photo today (mask, PNG, count)"
+MASK = "mask: upsample, threshold, PNG encode"
+COUNT = "stone count today: regions + bincount"
 SPLIT = "split_stones (labels and boxes)"
 MEASURE = "measure_stones with the split's boxes"
 
@@ -201,14 +202,17 @@ def speed(sample: Path, repeats: int, full_size: bool) -> None:
         photo = io.read_photo_full(path)
         probability = cv2.resize(truth.astype(np.float32), (256, 256), interpolation=cv2.INTER_AREA)
         for _ in range(repeats):
-            def mask_stage():  # stoneseg.predict.finish_photo's work today, less the file write
+            def mask_stage():  # what stays of stoneseg.predict.finish_photo (less the file write)
                 full = cv2.resize(probability, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
                 mask = cv2.compare(full, 0.5, cv2.CMP_GE)
                 io.encode_png(mask)
-                count, regions = cv2.connectedComponents(mask, connectivity=8)
-                np.bincount(regions.ravel(), minlength=count)
                 return mask
-            mask = timed(TODAY, mask_stage)
+
+            def count_today():  # what the split replaces: predict.stone_statistics's region count
+                count, regions = cv2.connectedComponents(mask, connectivity=8)
+                return np.bincount(regions.ravel(), minlength=count)
+            mask = timed(MASK, mask_stage)
+            timed(COUNT, count_today)
             labels, boxes = timed(SPLIT, lambda: stones.split_stones(mask, return_boxes=True))
             table = timed(MEASURE, lambda: stones.measure_stones(labels, boxes=boxes))
             timed("measure_stones finding its own boxes", lambda: stones.measure_stones(labels))
@@ -226,9 +230,9 @@ def speed(sample: Path, repeats: int, full_size: bool) -> None:
     medians = {name: statistics.median(values) for name, values in times.items()}
     for name, value in medians.items():
         print(f"  {name:48} {value:7.3f} s")
-    today = medians[TODAY]
     both = medians[SPLIT] + medians[MEASURE]
-    print(f"  split + measure {both:.3f} s = {both / today:.2f} x finishing a photo today")
+    print(f"  split + measure {both:.3f} s = {both / medians[MASK]:.2f} x the mask step, "
+          f"{both / (medians[MASK] + medians[COUNT]):.2f} x mask + count (predict's finishing today, less the write)")
 
 
 def main() -> None:
