@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stoneseg import io, stones
+from stoneseg import cli, io, stones
 
 REPO = Path(__file__).resolve().parents[1]
 STONES20 = REPO.parent / "shared" / "data" / "stones20"
@@ -62,7 +62,7 @@ def cpu_summary() -> str:
         pass
     wanted = ["avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"]
     shown = " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in wanted)
-    return (f"CPU: {model}; {shown}; {len(os.sched_getaffinity(0))} cores; "
+    return (f"CPU: {model}; {shown}; {cli.cores()} cores; "
             f"load average {os.getloadavg()[0]:.1f}")
 
 
