@@ -1,23 +1,25 @@
 """Score a model on held-out photos: `python -m stoneseg.evaluate MODEL.keras (--records DIR --split S | --data DIR)`.
 
 Per photo: IoU, Dice, precision and recall of the stone class at the threshold; over all photos: their
-mean, and the pooled scores of all pixels together. With --records the masks are the records' own,
-at the model's resolution. With --data the photos are read by stoneseg.io exactly as prediction reads
-them and scored twice: at the model's resolution against the mask resized as the record builder
-resizes it, and at the photo's original size against the original mask (thresholded at 127), with the
-probabilities upsampled as `stoneseg.predict` upsamples them.
+mean, and the pooled scores of all pixels together. The model is fed as stoneseg.predict feeds it
+(stoneseg.inference): squashed to its input size, or resized by its scale (or --scale) and run whole
+or tiled. With --records the masks are the records' own, at the records' size: squash records for a
+squash model, scale-F records for a model at scale F, each scored whole at its stored size. With --data
+the photos are read by stoneseg.io exactly as prediction reads them and scored twice: at the model's
+working size against the mask resized as the record builder resizes it, and at the photo's original
+size against the original mask (thresholded at 127), with the probabilities upsampled as
+`stoneseg.predict` upsamples them.
 
 The report folder holds metrics.json, per_image.csv and worst.png, a contact sheet of the photos with
 the lowest IoU. Scores with a zero denominator are 1.0 (see `scores`).
 """
-
-from __future__ import annotations  # `keras.Model` annotations: Keras is imported once it is needed
 
 import argparse
 import csv
 import heapq
 import io as bytes_io
 import json
+import math
 import os
 import shutil
 import sys
@@ -27,7 +29,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -35,12 +36,9 @@ import numpy as np
 from stoneseg import cli, io
 from stoneseg.cli import InputError
 from stoneseg.files import publish_folder
+from stoneseg.inference import Inference, check_model_file, decode_ahead, full_size_mask, load_model
 from stoneseg.pairs import find_pairs
-from stoneseg.predict import check_model_file, decode_ahead, full_size_mask, load_model, model_input_size, run_model
 from stoneseg.records import check_shards, corrupted, load_manifest
-
-if TYPE_CHECKING:
-    import keras
 
 PROG = "evaluate"
 
@@ -118,9 +116,15 @@ class WorstPhotos:
         self.count, self._heap, self._seen = count, [], 0
 
     def offer(self, score: PhotoScore, image: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> None:
-        """Keep this photo (model-resolution image, truth and prediction) if it is among the worst."""
+        """Keep this photo (model-resolution image, truth and prediction) if it is among the worst, shrunk to
+        twice the sheet's row height: a photo at a scale near 1 would otherwise hold megapixels per entry."""
         if not self.count:
             return
+        if image.shape[0] > 2 * SHEET_ROW_HEIGHT:
+            size = (max(1, round(image.shape[1] * 2 * SHEET_ROW_HEIGHT / image.shape[0])), 2 * SHEET_ROW_HEIGHT)
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            truth, predicted = (cv2.resize(np.uint8(mask != 0), size, interpolation=cv2.INTER_NEAREST)
+                                for mask in (truth, predicted))
         self._seen += 1
         # heapq keeps the smallest first: storing -IoU, the best of those kept is popped when over count.
         heapq.heappush(self._heap, (-score.ranking_iou(), -self._seen, score, image, truth, predicted))
@@ -168,19 +172,33 @@ def _sheet_text(text: str, width: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- the two sources
-def score_records(model: keras.Model, records: Path, split: str, threshold: float, batch_size: int,
-                  worst: WorstPhotos, progress) -> list[PhotoScore]:
-    """Score one split of the records at the model's resolution."""
+def check_records_fit(inference: Inference, manifest: dict, records: Path, model: Path) -> None:
+    """Raise InputError unless the records were made the way the model takes photos: squash records of
+    the model's input size for a squash model, scale records of the same F for a model at scale F."""
+    scale = manifest.get("scale") if manifest.get("mode", "squash") == "scale" else None
+    if scale is None:
+        made = "photos squashed to {}x{}".format(*manifest["image_size"])
+        fits = inference.scale is None and tuple(manifest["image_size"]) == inference.size
+    else:
+        made = f"photos resized by {scale:g}"
+        fits = inference.scale is not None and math.isclose(scale, inference.scale)
+    if not fits:
+        advice = "pass --scale {:g} to run it at that scale, or score it with --data".format(scale) if scale else \
+            "score it with --data, or on records built for it"
+        raise InputError(f"{records} holds {made} but {model} takes {inference.describe()}; {advice}")
+
+
+def score_records(inference: Inference, records: Path, split: str, threshold: float, worst: WorstPhotos,
+                  progress) -> list[PhotoScore]:
+    """Score one split of the records at their stored size (check_records_fit first). Squash records run
+    in batches; scale records, whose sizes differ, one at a time, whole or tiled, with no padding scored."""
     from stoneseg.data import read_examples
 
-    manifest = load_manifest(records)
-    if tuple(manifest["image_size"]) != model_input_size(model):
-        raise InputError(f"{records} holds {'x'.join(map(str, manifest['image_size']))} images but the model "
-                         f"takes {'x'.join(map(str, model_input_size(model)))}")
-    dataset = read_examples(records, split).batch(batch_size).prefetch(2)
     photos = []
-    for batch in dataset.as_numpy_iterator():
-        probabilities = run_model(model, batch["image"], batch_size)
+    batches = read_examples(records, split).batch(inference.batch_size if inference.batched else 1)
+    for batch in batches.prefetch(2).as_numpy_iterator():
+        images = batch["image"]
+        probabilities = inference.probabilities(images) if inference.batched else [inference.probability(images[0])]
         for index, probability in enumerate(probabilities):
             predicted = probability >= threshold
             truth = batch["mask"][index, ..., 0]
@@ -192,11 +210,10 @@ def score_records(model: keras.Model, records: Path, split: str, threshold: floa
     return photos
 
 
-def score_folder(model: keras.Model, data: Path, pairs: list, threshold: float, batch_size: int, workers: int,
+def score_folder(inference: Inference, data: Path, pairs: list, threshold: float, workers: int,
                  worst: WorstPhotos, progress) -> tuple[list[PhotoScore], list[str]]:
-    """Score photo/mask pairs of a folder at the model's resolution and at each photo's original size;
+    """Score photo/mask pairs of a folder at the model's working size and at each photo's original size;
     also return one error line per pair that could not be read."""
-    size = model_input_size(model)
     photos, problems, batch = [], [], []
 
     def fail(error):
@@ -206,35 +223,43 @@ def score_folder(model: keras.Model, data: Path, pairs: list, threshold: float, 
         cli.error_line(PROG, error)
         progress.add(1)
 
+    def score(pair, decoded, probability):
+        image, truth, original, full_truth = decoded
+        predicted = probability >= threshold
+        counts = {MODEL: confusion_counts(truth, predicted),
+                  ORIGINAL: confusion_counts(full_truth, full_size_mask(probability, original, threshold))}
+        photo_score = PhotoScore(pair.photo, *original, counts)
+        worst.offer(photo_score, image, truth, predicted)
+        photos.append(photo_score)
+        progress.add(1)
+
     def score_batch():
-        probabilities = run_model(model, np.stack([image for _, (image, *_) in batch]), batch_size)
-        for (pair, (image, truth, original, full_truth)), probability in zip(batch, probabilities):
-            predicted = probability >= threshold
-            counts = {MODEL: confusion_counts(truth, predicted),
-                      ORIGINAL: confusion_counts(full_truth, full_size_mask(probability, original, threshold))}
-            score = PhotoScore(pair.photo, *original, counts)
-            worst.offer(score, image, truth, predicted)
-            photos.append(score)
-            progress.add(1)
+        probabilities = inference.probabilities(np.stack([image for _, (image, *_) in batch]))
+        for (pair, decoded), probability in zip(batch, probabilities):
+            score(pair, decoded, probability)
         batch.clear()
 
+    depth = 2 * inference.batch_size if inference.batched else 1
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-        for pair, decoded in decode_ahead(pool, partial(_decode_pair, data, size=size), pairs, depth=2 * batch_size):
+        decode = partial(_decode_pair, data, size=inference.size)
+        for pair, decoded in decode_ahead(pool, decode, pairs, depth=depth):
             if isinstance(decoded, io.ImageError):
                 fail(decoded)
-                continue
-            batch.append((pair, decoded))
-            if len(batch) == batch_size:
-                score_batch()
+            elif not inference.batched:
+                score(pair, decoded, inference.probability(decoded[0]))
+            else:
+                batch.append((pair, decoded))
+                if len(batch) == inference.batch_size:
+                    score_batch()
         if batch:
             score_batch()
     return photos, problems
 
 
-def _decode_pair(data: Path, pair, size: tuple[int, int]):
-    """(photo, mask, original size) at the model's size, as the record builder makes them, and the mask
-    at its original size (thresholded at 127). The mask is decoded twice on purpose: the model-size
-    truth must come from the records' reduced decode."""
+def _decode_pair(data: Path, pair, size: io.Size):
+    """(photo, mask, original size) at the model's working size, as the record builder makes them, and
+    the mask at its original size (thresholded at 127). The mask is decoded twice on purpose: the
+    working-size truth must come from the records' reduced decode."""
     image, original = io.read_photo(data / pair.photo, size)
     truth, mask_size = io.read_mask(data / pair.mask, size)
     io.check_same_size(pair.photo, original, pair.mask, mask_size)
@@ -274,6 +299,14 @@ def write_report(out: Path, files: dict[str, bytes], overwrite: bool) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def working_size(inference: Inference, records: bool) -> str:
+    """What "model" resolution means in a report: the model's input size, or the photos resized by F."""
+    if inference.batched:
+        return "the model's {1}x{0}".format(*inference.size)
+    return f"each record's stored size (photos resized by {inference.scale:g})" if records else \
+        f"each photo resized by {inference.scale:g}"
+
+
 def default_out(model: Path, records: Path | None, split: str, data: Path | None) -> Path:
     """`<model's folder>/evaluations/<model stem>-<records folder>-<split>` or `...-<data folder>`."""
     source = f"{records.resolve().name}-{split}" if data is None else data.resolve().name
@@ -296,8 +329,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Score a model: per-photo IoU, Dice, precision and recall of the stone class, their mean "
                     "over photos and the pooled all-pixel scores, written with a contact sheet of the worst "
                     "photos to a report folder (metrics.json, per_image.csv, worst.png).",
-        epilog=CONVENTIONS + " --records scores at the model's resolution (records hold resized masks only); "
-                             "--data also at each photo's original size.",
+        epilog=CONVENTIONS + " Photos reach the model as in stoneseg.predict: squashed to its input size, or "
+                             "resized by its scale (--scale overrides), whole or in tiles. --records scores at the "
+                             "records' stored size (they hold resized masks only): squash records of the model's "
+                             "input size for a squash model, scale records of its F for a model at scale F, each "
+                             "whole; --data also at each photo's original size.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("model", type=Path, metavar="MODEL.keras", help="trained model (e.g. runs/<run>/best.keras)")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -310,7 +346,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="report folder; default <model's folder>/evaluations/<model stem>-<records folder>-"
                              "<split> or <model stem>-<data folder>")
     parser.add_argument("--worst", type=int, default=8, metavar="N", help="photos on the contact sheet (0: none)")
-    parser.add_argument("--batch-size", type=int, default=4, help="photos per model call")
+    parser.add_argument("--scale", type=float, default=None, metavar="F",
+                        help="resize photos by F (0 < F <= 1) for the model instead of the scale it records")
+    parser.add_argument("--batch-size", type=int, default=4, help="photos (or tiles) per model call")
     parser.add_argument("--workers", type=int, default=cli.cores(), help="threads decoding photos with --data")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     parser.add_argument("--skip-hash", action="store_true",
@@ -320,6 +358,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--threshold must be between 0 and 1")
     if args.batch_size < 1 or args.workers < 1 or args.worst < 0:
         parser.error("--batch-size and --workers must be at least 1, --worst at least 0")
+    if args.scale is not None and not 0 < args.scale <= 1:
+        parser.error(f"--scale must be in (0, 1], got {args.scale:g}")
     return args
 
 
@@ -341,12 +381,13 @@ def main(argv: list[str] | None = None) -> int:
         check_shards(args.records, manifest, [args.split], hashes=not args.skip_hash)
         total = manifest["splits"][args.split]["examples"]
     tf = cli.import_tensorflow()
-    model = load_model(args.model)
-    if model_input_size(model) is None:
-        raise InputError(f"{args.model} takes images of any size; evaluation needs the size it was trained at")
+    inference = Inference(load_model(args.model), scale=args.scale, batch_size=args.batch_size, name=str(args.model))
+    if args.data is None:
+        check_records_fit(inference, manifest, args.records, args.model)
 
     source = f"{args.data}" if args.data is not None else f"{args.records} (split {args.split})"
-    print(f"Evaluating {args.model} on {total} photo(s) of {source} at threshold {args.threshold}", flush=True)
+    print(f"Evaluating {args.model} on {total} photo(s) of {source}, {inference.describe()}, at threshold "
+          f"{args.threshold}", flush=True)
     started = time.perf_counter()
     progress = cli.Progress(total, "photo", PROG)
     worst = WorstPhotos(args.worst)
@@ -354,13 +395,12 @@ def main(argv: list[str] | None = None) -> int:
         problems = [str(problem) for problem in inventory.problems]
         for problem in problems:
             cli.error_line(PROG, problem)
-        photos, unreadable = score_folder(model, args.data, inventory.pairs, args.threshold, args.batch_size,
-                                          args.workers, worst, progress)
+        photos, unreadable = score_folder(inference, args.data, inventory.pairs, args.threshold, args.workers, worst,
+                                          progress)
         problems += unreadable
     else:
         try:
-            photos, problems = score_records(model, args.records, args.split, args.threshold, args.batch_size,
-                                             worst, progress), []
+            photos, problems = score_records(inference, args.records, args.split, args.threshold, worst, progress), []
         except tf.errors.DataLossError as error:
             raise corrupted(args.records, manifest, [args.split], error.message.splitlines()[0]) from None
     if not photos:
@@ -368,14 +408,14 @@ def main(argv: list[str] | None = None) -> int:
 
     photos.sort(key=lambda photo: photo.name)
     resolutions = [MODEL] + ([ORIGINAL] if args.data is not None else [])
-    height, width = model_input_size(model)
+    working = working_size(inference, records=args.data is None)
     metrics = {
         "model": str(args.model),
         "source": {"data": str(args.data)} if args.data is not None else {"records": str(args.records),
                                                                           "split": args.split},
         "threshold": args.threshold,
         "photos": len(photos),
-        "scores": {res: {"size": f"the model's {width}x{height}" if res == MODEL else "each photo's original size",
+        "scores": {res: {"size": working if res == MODEL else "each photo's original size",
                          **summary(photos, res)} for res in resolutions},
         "worst": [{"file": score.name, "iou": score.ranking_iou()} for score, *_ in worst.sorted()],
         "skipped": problems,
@@ -386,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
              "per_image.csv": per_image_csv(photos, resolutions)}
     if args.worst:
         title = f"{args.model} on {source}: the {len(metrics['worst'])} lowest IoU" + (
-            " at original size" if args.data is not None else f" at {width}x{height}")
+            " at original size" if args.data is not None else f" at {working}")
         files[SHEET] = io.encode_png(contact_sheet(worst.sorted(), title))
     write_report(out, files, args.overwrite)
 

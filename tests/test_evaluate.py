@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from keras import layers
 
-from stoneseg import evaluate, io
-from stoneseg.data import load_manifest, make_dataset
+from tiny_models import brightness, brightness_model
+
+from stoneseg import evaluate, inference, io
+from stoneseg.data import load_manifest, make_dataset, read_examples
+from stoneseg.inference import full_size_mask
 from stoneseg.metrics import BinaryDice
 from stoneseg.model import build_unet
-from stoneseg.predict import full_size_mask
 
 NO_NAN = {"parse_constant": lambda name: pytest.fail(f"{name} in metrics.json")}
 
@@ -37,6 +39,38 @@ def never_stone(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "never.keras"
     keras.Model(images, layers.Activation("sigmoid")(scores)).save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def scale_records(tiny_photos, tmp_path_factory):
+    """tiny_photos as scale-0.5 records (48 x 64 each), through tools.build_records --scale."""
+    from tools.build_records import main as build_records
+
+    out = tmp_path_factory.mktemp("tiny") / "scale-records"
+    assert build_records(["--data", str(tiny_photos), "--out", str(out), "--scale", "0.5", "--workers", "1"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def scale_model(tmp_path_factory):
+    """The brightness model saved with scale 0.5, as if trained on scale_records."""
+    path = tmp_path_factory.mktemp("models") / "scale.keras"
+    brightness_model(None, scale=0.5).save(path)
+    return path
+
+
+@pytest.fixture
+def network_inputs(monkeypatch):
+    """The shapes of the image batches the network receives during a run."""
+    shapes = []
+    real = inference.run_model
+
+    def recording(model, images, batch_size):
+        shapes.append(images.shape)
+        return real(model, images, batch_size)
+
+    monkeypatch.setattr(inference, "run_model", recording)
+    return shapes
 
 
 def run(capsys, *argv):
@@ -243,3 +277,86 @@ def test_empty_predictions_and_photos_without_stones(capsys, tmp_path, never_sto
         assert metrics["scores"][resolution]["mean"] == dict.fromkeys(evaluate.SCORES, 1.0)
         assert metrics["scores"][resolution]["pooled"] == dict.fromkeys(evaluate.SCORES, 1.0)
     assert all(not math.isnan(float(value)) for row in rows for key, value in row.items() if key != "file")
+
+
+# ----------------------------------------------------------------------------- models at a scale
+def test_scale_records_are_scored_whole_at_their_stored_size_without_the_padding(capsys, tmp_path, scale_model,
+                                                                               scale_records, network_inputs):
+    """Each 48 x 64 record runs whole, mirrored out to 64 x 64, and is scored on its own 48 x 64 pixels only,
+    exactly as the brightness model's NumPy twin scores it."""
+    out = tmp_path / "report"
+    status, stdout, _ = run(capsys, scale_model, "--records", scale_records, "--split", "val", "--out", out)
+    assert status == 0 and "resized by 0.5 (the model's)" in stdout
+    assert network_inputs == [(1, 64, 64, 3)] * 2
+    metrics, rows = read_report(out)
+    assert metrics["scores"]["model"]["size"] == "each record's stored size (photos resized by 0.5)"
+    expected = {}
+    for example in read_examples(scale_records, "val").as_numpy_iterator():
+        assert example["image"].shape == (48, 64, 3)
+        expected[example["name"].decode()] = numpy_scores(example["mask"][..., 0], brightness(example["image"]) >= 0.5)
+    assert sorted(row["file"] for row in rows) == sorted(expected)
+    for row in rows:
+        assert sum(int(row[f"model_{key}"]) for key in ("tp", "fp", "fn", "tn")) == 48 * 64  # no padding counted
+        for name, value in expected[row["file"]].items():
+            assert float(row[f"model_{name}"]) == pytest.approx(value, abs=1e-6)
+
+
+def test_a_scale_model_on_a_data_folder_scores_like_its_records_and_at_original_size(capsys, tmp_path, scale_model,
+                                                                                    scale_records, tiny_photos):
+    status, stdout, _ = run(capsys, scale_model, "--data", tiny_photos, "--out", tmp_path / "data-report")
+    assert status == 0 and "at each photo's original size" in stdout
+    metrics, rows = read_report(tmp_path / "data-report")
+    assert metrics["scores"]["model"]["size"] == "each photo resized by 0.5"
+    assert run(capsys, scale_model, "--records", scale_records, "--out", tmp_path / "records-report")[0] == 0
+    _, record_rows = read_report(tmp_path / "records-report")
+    by_file = {row["file"]: row for row in rows}
+    for record_row in record_rows:
+        for key, value in record_row.items():
+            assert by_file[record_row["file"]][key] == value
+    for row in rows[:2]:  # at the original size: the 48 x 64 map upsampled to 96 x 128
+        image, original = io.read_photo(tiny_photos / row["file"], io.Scale(0.5))
+        upsampled = cv2.resize(brightness(image).astype(np.float32), (128, 96), interpolation=cv2.INTER_LINEAR)
+        truth = cv2.imread(str(tiny_photos / row["file"].replace(".JPG", "_label.jpg")), cv2.IMREAD_GRAYSCALE) > 127
+        for name, value in numpy_scores(truth, upsampled >= 0.5).items():
+            assert float(row[f"original_{name}"]) == pytest.approx(value, abs=1e-3)
+
+
+def test_records_of_another_kind_than_the_model_are_refused_in_one_line(capsys, tmp_path, unet64, scale_model,
+                                                                       tiny_records, scale_records):
+    for model, records, extra, says in (
+            (scale_model, tiny_records, [], "holds photos squashed to 64x64 but"),
+            (unet64, scale_records, [], "pass --scale 0.5 to run it at that scale"),
+            (scale_model, scale_records, ["--scale", "0.25"], "holds photos resized by 0.5 but")):
+        out = tmp_path / f"report-{len(list(tmp_path.iterdir()))}"
+        status, _, stderr = run(capsys, model, "--records", records, "--out", out, *extra)
+        lines = stderr.strip().splitlines()
+        assert status == 1 and len(lines) == 1 and lines[0].startswith("evaluate: error: ") and says in lines[0]
+        assert not out.exists()
+    # A squash model told to run at the records' scale is scored on them.
+    assert run(capsys, unet64, "--records", scale_records, "--scale", "0.5", "--out", tmp_path / "ok")[0] == 0
+
+
+@pytest.mark.parametrize("scale", ["0", "1.01"])
+def test_evaluate_refuses_a_scale_out_of_range_in_one_line(capsys, tmp_path, unet64, tiny_records, scale):
+    with pytest.raises(SystemExit) as stopped:
+        evaluate.main([str(unet64), "--records", str(tiny_records), "--scale", scale, "--out", str(tmp_path / "r")])
+    stderr = capsys.readouterr().err
+    assert stopped.value.code != 0 and "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if "error" in line] == [
+        f"python -m stoneseg.evaluate: error: --scale must be in (0, 1], got {float(scale):g}"]
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_worst_photos_keep_only_what_the_contact_sheet_shows():
+    """A 1000 x 1500 photo at scale 1 is kept at 400 x 600 (twice the sheet's row height), its masks too."""
+    worst = evaluate.WorstPhotos(1)
+    truth = np.zeros((1000, 1500), np.uint8)
+    truth[:500] = 1
+    score = evaluate.PhotoScore("big", 1000, 1500, {evaluate.MODEL: evaluate.Counts(tp=1)})
+    worst.offer(score, np.full((1000, 1500, 3), 90, np.uint8), truth, truth.astype(bool))
+    (kept, image, kept_truth, kept_predicted), = worst.sorted()
+    assert kept is score and image.shape == (2 * evaluate.SHEET_ROW_HEIGHT, 600, 3)
+    assert kept_truth.shape == kept_predicted.shape == (400, 600)
+    assert kept_truth[:199].all() and not kept_truth[201:].any() and (kept_predicted == kept_truth).all()
+    sheet = evaluate.contact_sheet(worst.sorted(), "title")
+    assert sheet.shape[0] == 2 * 30 + 30 + evaluate.SHEET_ROW_HEIGHT

@@ -1,11 +1,10 @@
-"""stoneseg.predict: masks at the photo's own size, upsampling in place, tiling, bad files, no clobbering.
-
-The models here are tiny hand-made networks whose output is known: "brightness" maps each pixel's grey
-level to a probability (bright = stone), "smooth" does the same after a 9x9 Gaussian blur.
+"""stoneseg.predict: masks at the photo's own size, upsampling in place, the way each kind of model is fed,
+tiling, bad files, no clobbering. The models are tiny hand-made networks whose output is known (tiny_models).
 """
 
 import csv
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import cv2
@@ -13,25 +12,10 @@ import keras
 import numpy as np
 import pytest
 from jpeg_exif import with_exif_orientation
-from keras import layers
+from tiny_models import brightness_model
 
-from stoneseg import predict
-
-
-def brightness_model(size, blur=0):
-    """Probability sigmoid((grey - 128) / 8) per pixel, grey = the mean of R, G, B, optionally after a
-    Gaussian blur of `blur` pixels' sigma (a 9x9 kernel). `size` None: any input size."""
-    images = keras.Input((size, size, 3))
-    grey = layers.Conv2D(1, 1, use_bias=False, name="grey")(images)
-    weights = [np.full((1, 1, 3, 1), 1 / 3, np.float32)]
-    if blur:
-        grey = layers.Conv2D(1, 9, padding="same", use_bias=False, name="blur")(grey)
-        kernel = cv2.getGaussianKernel(9, blur)
-        weights.append((kernel @ kernel.T).astype(np.float32)[:, :, None, None])
-    scores = layers.Rescaling(1 / 8, offset=-16)(grey)
-    model = keras.Model(images, layers.Activation("sigmoid", dtype="float32")(scores))
-    model.set_weights(weights)
-    return model
+from stoneseg import inference, predict
+from stoneseg.model import build_unet
 
 
 @pytest.fixture(scope="module")
@@ -159,35 +143,6 @@ def test_stone_fraction_and_count_in_predictions_csv(capsys, tmp_path, model64):
     assert (row["width"], row["height"]) == ("640", "480")
 
 
-def test_blend_windows_add_up_to_one_everywhere():
-    for length, tile, overlap in ((1000, 256, 64), (300, 128, 32), (129, 128, 8), (90, 128, 32), (512, 128, 0)):
-        starts = predict.tile_starts(length, tile, overlap)
-        windows = predict.blend_windows(length, starts, tile, overlap)
-        total = np.zeros(length)
-        for start, window in zip(starts, windows):
-            assert len(window) == min(tile, length - start) and (window > 0).all()
-            total[start:start + len(window)] += window
-        assert starts[0] == 0 and starts[-1] + len(windows[-1]) == length
-        assert np.allclose(total, 1, atol=1e-6)
-        if len(starts) > 1:
-            assert min(np.diff(starts)) <= tile - overlap  # neighbours overlap by at least `overlap`
-
-
-def test_tiled_inference_matches_one_whole_photo_pass_on_a_smooth_model():
-    rng = np.random.default_rng(0)
-    noise = rng.integers(0, 256, (19, 27, 3), dtype=np.uint8)
-    photo = cv2.resize(noise, (420, 300), interpolation=cv2.INTER_CUBIC)  # smooth, crosses grey 128 often
-    model = brightness_model(None, blur=2.0)
-    whole = model.predict(photo[None], verbose=0)[0, ..., 0]
-    tiled = predict.tiled_probability(predict.tile_model(model, 128), photo, overlap=32, batch_size=4)
-    assert tiled.shape == whole.shape == (300, 420)
-    difference = np.abs(tiled - whole)
-    assert difference.mean() < 1e-3 and difference.max() < 0.05  # tile edges count little
-    agreement = np.mean((tiled >= 0.5) == (whole >= 0.5))
-    assert agreement > 0.99
-    assert 0.2 < np.mean(whole >= 0.5) < 0.8  # the test photo really has both classes
-
-
 def test_tiled_cli_on_photos_smaller_and_larger_than_a_tile(capsys, tmp_path, tiny_photos):
     """A model of any input size: --tile is required, and gives masks of the photos' size."""
     model_path = tmp_path / "smooth.keras"
@@ -198,7 +153,8 @@ def test_tiled_cli_on_photos_smaller_and_larger_than_a_tile(capsys, tmp_path, ti
     big = cv2.resize(cv2.imread(str(tiny_photos / "Image02.JPG")), (400, 300))
     cv2.imwrite(str(photos / "Big.jpg"), big)
     status, _, stderr = run(capsys, model_path, photos, "--out", tmp_path / "untiled")
-    assert status == 1 and "use --tile" in stderr and not (tmp_path / "untiled").exists()
+    assert status == 1 and "records no scale" in stderr and "--scale F (or --tile" in stderr
+    assert not (tmp_path / "untiled").exists()
 
     out = tmp_path / "tiled"
     assert run(capsys, model_path, photos, "--out", out, "--tile", "128", "--tile-overlap", "32")[0] == 0
@@ -209,6 +165,107 @@ def test_tiled_cli_on_photos_smaller_and_larger_than_a_tile(capsys, tmp_path, ti
                            cv2.COLOR_BGR2RGB)
         whole = brightness_model(None, blur=2.0).predict(rgb[None], verbose=0)[0, ..., 0]
         assert np.mean((mask > 0) == (whole >= 0.5)) > 0.99
+
+
+@pytest.fixture
+def network_inputs(monkeypatch):
+    """The shapes of the image batches the network receives during a run (before a short batch is padded)."""
+    shapes = []
+    real = inference.run_model
+
+    def recording(model, images, batch_size):
+        shapes.append(images.shape)
+        return real(model, images, batch_size)
+
+    monkeypatch.setattr(inference, "run_model", recording)
+    return shapes
+
+
+def disk_photo(path, height, width):
+    """A bright disk on a dark photo, written as PNG (exact pixels); returns its true stone mask."""
+    photo = np.full((height, width, 3), 30, np.uint8)
+    cv2.circle(photo, (width // 2, height // 2), min(height, width) // 3, (230, 230, 230), -1)
+    cv2.imwrite(str(path), photo)
+    return photo[..., 0] > 128
+
+
+def test_each_kind_of_model_gets_photos_the_way_it_was_trained(capsys, tmp_path, model64, network_inputs):
+    """The network's input reveals the path: a squash model gets the photo squashed to its input size; a
+    model saved with scale 0.5 gets it resized by 0.5 (75 x 100, mirrored out to 96 x 128) whole; --scale
+    overrides either. Every mask has the photo's size and finds the disk."""
+    scale_model = tmp_path / "scale.keras"
+    brightness_model(None, scale=0.5).save(scale_model)  # the scale travels inside the .keras file
+    truth = disk_photo(tmp_path / "disk.png", 150, 200)
+    for model, extra, received in ((model64, [], (1, 64, 64, 3)),
+                                   (scale_model, [], (1, 96, 128, 3)),
+                                   (scale_model, ["--scale", "0.25"], (1, 64, 64, 3)),  # 38 x 50
+                                   (model64, ["--scale", "0.5"], (1, 96, 128, 3))):
+        network_inputs.clear()
+        out = tmp_path / f"out-{len(list(tmp_path.iterdir()))}"
+        status, stdout, _ = run(capsys, model, tmp_path / "disk.png", "--out", out, *extra)
+        assert status == 0 and network_inputs == [received], (model.name, extra)
+        assert ("resized by" in stdout) == (model == scale_model or bool(extra))
+        mask = read_mask(out / "disk_mask.png") > 0
+        assert mask.shape == (150, 200)
+        assert np.sum(mask & truth) / np.sum(mask | truth) > 0.9
+
+
+def test_a_scale_model_tiles_a_photo_larger_than_one_batch_of_tiles(capsys, tmp_path, network_inputs):
+    """With --batch-size 1 a batch of tiles is 512 x 512 = 262,144 pixels. At scale 0.5 a 960 x 1040 photo
+    becomes 480 x 520 (249,600 pixels): whole, mirrored out to 480 x 544. A 1000 x 1100 one becomes 500 x 550
+    (275,000): two 512 tiles. --tile 256 tiles even the smaller one: 3 x 4 tiles overlapping by at least 128."""
+    model = tmp_path / "scale.keras"
+    brightness_model(None, scale=0.5).save(model)
+    truths = {name: disk_photo(tmp_path / f"{name}.png", *size) for name, size in
+              (("small", (960, 1040)), ("large", (1000, 1100)))}
+    for photo, extra, received in (("small", [], [(1, 480, 544, 3)]),
+                                   ("large", [], [(1, 512, 512, 3)] * 2),
+                                   ("small", ["--tile", "256"], [(1, 256, 256, 3)] * 12)):
+        network_inputs.clear()
+        out = tmp_path / f"out-{photo}-{len(extra)}"
+        status, _, _ = run(capsys, model, tmp_path / f"{photo}.png", "--out", out, "--batch-size", "1", *extra)
+        assert status == 0 and network_inputs == received, (photo, extra)
+        mask = read_mask(out / f"{photo}_mask.png") > 0
+        assert np.sum(mask & truths[photo]) / np.sum(mask | truths[photo]) > 0.95
+
+
+def test_a_real_unet_carries_its_scale_through_the_keras_file_to_predict(capsys, tmp_path, network_inputs):
+    path = tmp_path / "unet.keras"
+    build_unet((None, None, 3), scale=0.5).save(path)
+    disk_photo(tmp_path / "disk.png", 100, 140)
+    status, stdout, _ = run(capsys, path, tmp_path / "disk.png", "--out", tmp_path / "out")
+    assert status == 0 and "resized by 0.5 (the model's)" in stdout
+    assert network_inputs == [(1, 64, 96, 3)]  # 50 x 70, mirrored out to multiples of 32
+    assert read_mask(tmp_path / "out" / "disk_mask.png").shape == (100, 140)
+
+
+@pytest.mark.parametrize("scale", ["0", "-0.5", "1.5"])
+def test_a_scale_out_of_range_is_one_error_line_and_nothing_is_written(capsys, tmp_path, model64, scale):
+    disk_photo(tmp_path / "disk.png", 60, 80)
+    with pytest.raises(SystemExit) as stopped:
+        predict.main([str(model64), str(tmp_path / "disk.png"), "--out", str(tmp_path / "out"), "--scale", scale])
+    stderr = capsys.readouterr().err
+    assert stopped.value.code != 0 and "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if "error" in line] == [
+        f"python -m stoneseg.predict: error: --scale must be in (0, 1], got {float(scale):g}"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_writing_a_mask_holds_its_labels_and_no_wider_copy(tmp_path):
+    """NumPy's allocations while a 2000 x 300 mask of 40 stones is counted and written: the int32 labels
+    (2.4 MB) and bands of rows. Widening all labels to int64 at once (4.8 MB more) would show."""
+    mask = np.zeros((2000, 300), np.uint8)
+    for index in range(40):
+        cv2.circle(mask, (150, 25 + 50 * index), 20, 255, -1)
+    tracemalloc.start()
+    try:
+        row = predict.write_outputs(tmp_path / "tall.png", mask, tmp_path, overlay=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (row.stone_count, row.width, row.height) == (40, 300, 2000)
+    assert peak < mask.size * 4 + 2_000_000, f"peak {peak:,} bytes"
+    assert (read_mask(tmp_path / "tall_mask.png") == mask).all()
 
 
 def test_corrupt_and_empty_files_are_reported_by_name_and_the_rest_predicted(capsys, tmp_path, model64, tiny_photos):
@@ -276,9 +333,9 @@ def test_folder_scan_takes_photos_only_once_and_refuses_clashing_names(tmp_path)
     other = tmp_path / "other"
     other.mkdir()
     (other / "A.png").write_bytes(b"x")
-    with pytest.raises(predict.InputError, match="same name"):
+    with pytest.raises(inference.InputError, match="same name"):
         predict.find_photos([folder, other / "A.png"])
-    with pytest.raises(predict.InputError, match="no such file or folder"):
+    with pytest.raises(inference.InputError, match="no such file or folder"):
         predict.find_photos([tmp_path / "missing"])
 
 
