@@ -1,21 +1,31 @@
-"""Seconds per 3456x4806 photo for `python -m stoneseg.predict`, with the decode share shown on its own.
+"""Seconds per 3456x4806 photo and peak memory for `python -m stoneseg.predict`, for each kind of model.
 
-    python -m bench.predict [--photos 8] [--repeats 3] [--batch-size 4] [--tile]
+    python -m bench.predict [--photos 8] [--repeats 3] [--batch-size 4] [--kinds squash256,scale0.25,...]
 
-On the sample photos in data/bench-sample (written by tools.make_sample if missing), with a real
-resnet18-UNet at 256x256 (random weights: the timing does not depend on them):
-(1) each stage alone, photo by photo: decode (io.read_photo: DCT-reduced decode + area resize), the
-    model step (a batch of --batch-size, per photo), and finishing (bilinear upsample to 3456x4806,
-    threshold, stone count, PNG encode and atomic write); medians over the photos;
-(2) end to end: stoneseg.predict's pipeline on the photos, where decoding and writing overlap the
-    model (the model loaded beforehand, as it is once per run); the median of --repeats runs.
-Target: decode takes less than the model step. --tile also times one photo in 512x512 tiles.
+On the sample photos in data/sample (written by tools.make_sample if missing), with real resnet18-UNets
+(random weights: time and memory do not depend on them):
+(1) the squash model (256x256), each stage alone, photo by photo: decode (io.read_photo: DCT-reduced
+    decode + area resize), the model step (a batch of --batch-size, per photo), and finishing (bilinear
+    upsample to 3456x4806, threshold, stone count, PNG encode and atomic write); medians over the photos;
+    then end to end: stoneseg.predict's pipeline, where decoding and writing overlap the model (the
+    model loaded beforehand, as it is once per run); the median of --repeats runs.
+    Target: decode takes less than the model step.
+(2) every kind in --kinds, each in a process of its own so that peaks do not mix: squash256, and scaleF
+    (a model of any input size carrying scale F; photos resized by F, whole or tiled as
+    stoneseg.inference decides: at 3456x4806, 0.25 runs whole, 0.5 and 1 in 512x512 tiles). Each process
+    loads the saved model, predicts the first photo to trace the model, then --kind-photos photos end to
+    end (masks written); it reports seconds per photo of that run and memory from /proc: RSS with the model
+    loaded, RSS once warmed, and the peak RSS (VmHWM) over the process and over the timed run alone.
 """
 
 import argparse
 import contextlib
+import json
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,12 +34,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from stoneseg import io, predict  # noqa: E402
+from stoneseg import inference, io, predict  # noqa: E402
 from stoneseg.model import build_unet  # noqa: E402
 from tools.make_sample import write_sample  # noqa: E402
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "bench-sample"
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 SIZE = 256
+KINDS = "squash256,scale0.25,scale0.5,scale1"
+MB = 2**20
 
 
 def seconds(run) -> float:
@@ -43,13 +55,101 @@ def quietly(run):
         return run()
 
 
+def cpu_summary() -> str:
+    """The CPU model, the flags that matter for TensorFlow on a CPU, and the cores this process may use."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    lines = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    flags = {flag: flag in lines.get("flags\t\t", lines.get("flags", "")).split() for flag in ("avx512_bf16", "amx_tile")}
+    model = lines.get("model name\t", lines.get("model name", "unknown CPU")).strip()
+    return (f"{model}; " + ", ".join(f"{flag} {'yes' if present else 'no'}" for flag, present in flags.items())
+            + f"; {len(os.sched_getaffinity(0))} cores; load average {os.getloadavg()[0]:.1f}")
+
+
+def memory() -> dict[str, float]:
+    """This process's resident set now (VmRSS) and its peak (VmHWM), in MB, from /proc/self/status."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {key: int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM")}
+
+
+def reset_peak() -> bool:
+    """Start VmHWM afresh from the current RSS (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def kind_model(kind: str):
+    """The untrained resnet18-UNet of a kind: squashNNN (fixed NNN x NNN input) or scaleF (any size, scale F)."""
+    if kind.startswith("squash"):
+        return build_unet((int(kind[len("squash"):]),) * 2 + (3,))
+    return build_unet((None, None, 3), scale=float(kind[len("scale"):]))
+
+
+def measure_kind(kind: str, photos: list[Path], batch_size: int) -> dict:
+    """Run in a process of its own: predict the photos with a saved model of `kind` as stoneseg.predict does,
+    and return its timing and memory."""
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        kind_model(kind).save(scratch / "model.keras")
+        model = inference.load_model(scratch / "model.keras")
+        loaded = memory()["VmRSS"]
+
+        def run(photos, out):
+            options = predict.parse_args([str(scratch / "model.keras"), *map(str, photos), "--out", str(out),
+                                          "--batch-size", str(batch_size)])
+            feed = predict.inference_for(model, options)
+            out.mkdir()
+            return feed, seconds(lambda: quietly(predict.Run(feed, options, photos).predict))
+
+        run(photos[:1], scratch / "warm-up")  # traces the model's predict function
+        warmed = memory()["VmRSS"]
+        reset = reset_peak()
+        feed, elapsed = run(photos, scratch / "timed")
+        peak_timed = memory()["VmHWM"] if reset else float("nan")
+    return {"kind": kind, "fed": feed.describe(), "photos": len(photos), "seconds_per_photo": elapsed / len(photos),
+            "loaded_mb": loaded, "warmed_mb": warmed, "peak_timed_mb": peak_timed,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def compare_kinds(kinds: list[str], photos: list[Path], batch_size: int) -> None:
+    """measure_kind for each kind, each in a fresh Python process, and one table of the results."""
+    height, width = io.read_photo(photos[0], 8)[1]
+    print(f"\neach kind in its own process: {len(photos)} photo(s) of {width}x{height} timed after one warm-up "
+          f"photo, batch {batch_size}; memory in MB (1 MB = 2^20 bytes)")
+    maps = ", ".join(f"{factor:g}: {np.prod(io.Scale(factor).of((height, width))) * 4 / MB:.0f}" for factor in (1, 0.5, 0.25))
+    print(f"  for reference: the photo {height * width * 3 / MB:.0f} MB (uint8 RGB), its float32 probability map at "
+          f"scale {maps} MB, its mask {height * width / MB:.0f} MB")
+    print(f"  {'kind':<10}{'s/photo':>9}{'model loaded':>14}{'warmed':>8}{'peak (timed)':>14}{'peak (all)':>12}  fed")
+    for kind in kinds:
+        command = [sys.executable, "-m", "bench.predict", "--child", kind, "--batch-size", str(batch_size),
+                   *map(str, photos)]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        if done.returncode:
+            print(f"  {kind:<10}failed:\n{done.stderr[-2000:]}")
+            continue
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"  {kind:<10}{result['seconds_per_photo']:>9.2f}{result['loaded_mb']:>14.0f}{result['warmed_mb']:>8.0f}"
+              f"{result['peak_timed_mb']:>14.0f}{result['peak_mb']:>12.0f}  {result['fed']}", flush=True)
+    print(f"load average now {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--photos", type=int, default=8, help="sample photos to predict")
-    parser.add_argument("--repeats", type=int, default=3, help="end-to-end runs")
-    parser.add_argument("--batch-size", type=int, default=4, help="photos per model call")
-    parser.add_argument("--tile", action="store_true", help="also time one photo in 512x512 tiles")
+    parser.add_argument("--photos", type=int, default=8, help="sample photos for the squash stages and end to end")
+    parser.add_argument("--repeats", type=int, default=3, help="end-to-end runs of the squash model")
+    parser.add_argument("--batch-size", type=int, default=4, help="photos (or tiles) per model call")
+    parser.add_argument("--stages", action=argparse.BooleanOptionalAction, default=True,
+                        help="time the squash model's stages and end to end (1)")
+    parser.add_argument("--kinds", default=KINDS, help="kinds of model for the per-process comparison (2); '' for none")
+    parser.add_argument("--kind-photos", type=int, default=2, help="photos timed per kind after the warm-up photo")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # one kind, in its own process
+    parser.add_argument("child_photos", nargs="*", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure_kind(args.child, args.child_photos, args.batch_size)))
+        return
 
     if not SAMPLE.exists():
         print(f"writing the bench sample (20 photos of 3456x4806) to {SAMPLE}")
@@ -57,10 +157,20 @@ def main() -> None:
     photos = sorted(path for path in SAMPLE.glob("Image*.JPG"))[:args.photos]
     for photo in photos:
         photo.read_bytes()  # warm the page cache
+    print(cpu_summary())
+    if args.stages:
+        time_squash_stages(photos, args.batch_size, args.repeats)
+    kinds = [kind for kind in args.kinds.split(",") if kind]
+    if kinds:
+        compare_kinds(kinds, photos[:args.kind_photos], args.batch_size)
+
+
+def time_squash_stages(photos: list[Path], batch_size: int, repeats: int) -> None:
+    """(1): the squash model's stages alone and the pipeline end to end."""
     model = build_unet((SIZE, SIZE, 3))
     height, width = io.read_photo(photos[0], SIZE)[1]
-    print(f"{len(photos)} photos of {width}x{height} (width x height) from {SAMPLE}; resnet18-UNet {SIZE}x{SIZE}; batch "
-          f"{args.batch_size}; {len(os.sched_getaffinity(0))} cores; load average {os.getloadavg()[0]:.1f}")
+    print(f"{len(photos)} photos of {width}x{height} (width x height) from {SAMPLE}; resnet18-UNet {SIZE}x{SIZE}; "
+          f"batch {batch_size}")
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -68,25 +178,26 @@ def main() -> None:
         for photo in photos:
             decode_times.append(seconds(lambda: decoded.append(io.read_photo(photo, SIZE))))
         images = np.stack([image for image, _ in decoded])
-        batches = [images[first:first + args.batch_size] for first in range(0, len(images), args.batch_size)]
-        predict.run_model(model, batches[0], args.batch_size)  # trace the predict function once
+        batches = [images[first:first + batch_size] for first in range(0, len(images), batch_size)]
+        inference.run_model(model, batches[0], batch_size)  # trace the predict function once
         model_times, probabilities = [], []
         for batch in batches:
             model_times.append(seconds(lambda: probabilities.extend(
-                predict.run_model(model, batch, args.batch_size))) / len(batch))
+                inference.run_model(model, batch, batch_size))) / len(batch))
         finish_times = [seconds(lambda: predict.finish_photo(photo, probability, original, scratch, 0.5, False))
                         for photo, probability, (_, original) in zip(photos, probabilities, decoded)]
 
         model_path = scratch / "unet.keras"
         model.save(model_path)
-        loaded = predict.load_model(model_path)
+        loaded = inference.load_model(model_path)
         end_to_end = []
-        for repeat in range(args.repeats + 1):  # the first run traces the predict function: not counted
+        for repeat in range(repeats + 1):  # the first run traces the predict function: not counted
             out = scratch / f"out-{repeat}"
             options = predict.parse_args([str(model_path), *map(str, photos), "--out", str(out),
-                                          "--batch-size", str(args.batch_size)])
+                                          "--batch-size", str(batch_size)])
             out.mkdir()
-            elapsed = seconds(lambda: quietly(lambda: predict.Run(loaded, options, photos).predict()))
+            run = predict.Run(predict.inference_for(loaded, options), options, photos)
+            elapsed = seconds(lambda: quietly(run.predict))
             end_to_end.append(elapsed / len(photos))
         end_to_end = end_to_end[1:]
 
@@ -97,21 +208,10 @@ def main() -> None:
         print(f"  model step                                {step:7.3f} s  ({step / total:.0%})")
         print(f"  upsample + threshold + count + PNG write  {finish:7.3f} s  ({finish / total:.0%})")
         print(f"  sum of the stages                         {total:7.3f} s")
-        print(f"end to end, stoneseg.predict's pipeline, stages overlapping (model loaded; median of {args.repeats} "
+        print(f"end to end, stoneseg.predict's pipeline, stages overlapping (model loaded; median of {repeats} "
               f"runs): {statistics.median(end_to_end):.3f} s/photo  (runs: {', '.join(f'{t:.3f}' for t in end_to_end)})")
         print(f"decode / model step = {decode / step:.2f}  (target: below 1)  "
               f"load average now {os.getloadavg()[0]:.1f}")
-
-        if args.tile:
-            tiled = predict.tile_model(model, predict.DEFAULT_TILE)
-            photo = io.read_photo_full(photos[0])
-            predict.tiled_probability(tiled, photo[:predict.DEFAULT_TILE, :predict.DEFAULT_TILE], 0, args.batch_size)
-            tile_time = seconds(lambda: predict.tiled_probability(tiled, photo, predict.DEFAULT_TILE_OVERLAP,
-                                                                  args.batch_size))
-            rows = predict.tile_starts(photo.shape[0], predict.DEFAULT_TILE, predict.DEFAULT_TILE_OVERLAP)
-            columns = predict.tile_starts(photo.shape[1], predict.DEFAULT_TILE, predict.DEFAULT_TILE_OVERLAP)
-            print(f"tiled model pass, one photo, {len(rows) * len(columns)} tiles of {predict.DEFAULT_TILE}x"
-                  f"{predict.DEFAULT_TILE} overlapping by at least {predict.DEFAULT_TILE_OVERLAP}: {tile_time:.1f} s")
 
 
 if __name__ == "__main__":
