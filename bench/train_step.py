@@ -6,9 +6,14 @@
   plus where the augmentation is placed: in the tf.data map on the host instead of the train step,
   and XLA on and off for the network (with augmentation in the step, only the network is compiled).
 
+The crop variant (--crop N) asks the same of `train --crop N` on scale records, whose sizes differ: (a)
+batches of whole records padded to a common size, (b) N×N crops from memory, (c) the real pipeline with
+the random crop and the augmentation inside the train step; the network takes any size in both.
+
 Cases run in alternating rounds; each figure is the median over rounds of the median step interval.
-    python -m bench.train_step [--records DIR] [--rounds 3] [--steps 20]
-Without --records it builds records of ../shared/data/stones20 at 256 px into data/bench-records/.
+    python -m bench.train_step [--records DIR] [--rounds 3] [--steps 20] [--crop N [--scale F]]
+Without --records it builds records of ../shared/data/stones20 at 256 px into data/bench-records/ (with
+--crop: at scale F, 0.5 by default, into data/bench-records-scaleF/).
 """
 
 import argparse
@@ -23,7 +28,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from stoneseg.augment import SegmentationAugmentation  # noqa: E402
+from stoneseg.augment import RandomRecordCrop, SegmentationAugmentation  # noqa: E402
 from stoneseg.data import make_dataset  # noqa: E402
 from stoneseg.metrics import make_loss, training_metrics  # noqa: E402
 from stoneseg.model import build_unet  # noqa: E402
@@ -47,12 +52,14 @@ class StepTimer(keras.callbacks.Callback):
         return statistics.median(np.diff(self.ends))
 
 
-def default_records():
-    records = REPO / "data" / "bench-records"
+def default_records(scale=None):
+    """stones20's records at 256x256, or at `scale`, built on first use."""
+    records = REPO / "data" / ("bench-records" if scale is None else f"bench-records-scale{scale:g}")
     if not (records / "manifest.json").exists():
         from tools.build_records import main as build_records
 
-        build_records(["--data", str(STONES20), "--out", str(records), "--size", "256"])
+        mode = ["--size", "256"] if scale is None else ["--scale", str(scale)]
+        build_records(["--data", str(STONES20), "--out", str(records), *mode])
     return records
 
 
@@ -67,8 +74,8 @@ def host_augmented(dataset):
     return dataset.map(lambda x, y: augmentation(x, y, training=True), num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def pipeline_rate(records, steps):
-    iterator = iter(make_dataset(records, "train", BATCH, training=True, seed=0))
+def pipeline_rate(records, steps, crop=None):
+    iterator = iter(make_dataset(records, "train", BATCH, training=True, seed=0, crop=crop))
     for _ in range(20):  # fill the cache and the prefetch buffer
         next(iterator)
     start = time.perf_counter()
@@ -82,34 +89,27 @@ def main():
     parser.add_argument("--records", type=Path, default=None, help="records at 256 px (default: stones20's)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per case per round")
+    parser.add_argument("--crop", type=int, default=None, metavar="N", help="the crop variant: random NxN crops")
+    parser.add_argument("--scale", type=float, default=0.5, metavar="F",
+                        help="with --crop and no --records: stones20's records at this scale (default: %(default)s)")
     args = parser.parse_args()
-    records = args.records or default_records()
+    records = args.records or default_records(args.scale if args.crop else None)
     keras.utils.set_random_seed(0)
 
-    pipeline = make_dataset(records, "train", BATCH, training=True, seed=0)
-    images, masks = next(iter(pipeline))
-    in_memory = tf.data.Dataset.from_tensors((images, masks)).repeat()
-    shape = tuple(images.shape[1:])
-    cases = {
-        "(b) in-memory tensors, no augmentation": (compiled(build_unet(shape), jit=False), in_memory),
-        "(c) real pipeline, augmentation in train step": (
-            compiled(SegmentationTrainer(build_unet(shape), SegmentationAugmentation(seed=0)), jit=False),
-            pipeline,
-        ),
-        "    real pipeline, augmentation in tf.data map": (compiled(build_unet(shape), jit=False), host_augmented(pipeline)),
-        "    in-memory tensors, XLA": (compiled(build_unet(shape), jit=True), in_memory),
-        "    real pipeline, augmentation in step, network XLA": (
-            compiled(SegmentationTrainer(build_unet(shape), SegmentationAugmentation(seed=0), jit_network=True), jit=False),
-            pipeline,
-        ),
-    }
+    pipeline = make_dataset(records, "train", BATCH, training=True, seed=0, crop=args.crop)
+    if args.crop is None:
+        images, masks = next(iter(pipeline))
+        cases, shape = placement_cases(pipeline, images, masks), tuple(images.shape[1:])
+    else:
+        images, masks, _ = RandomRecordCrop(args.crop, seed=0)(*next(iter(pipeline)))
+        cases, shape = crop_cases(pipeline, images, masks, args.crop), (args.crop, args.crop, 3)
     for model, dataset in cases.values():  # trace and compile once, untimed
         model.fit(dataset, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
 
     rates = {name: [] for name in cases}
-    rates["(a) tf.data pipeline alone"] = []
+    rates[PIPELINE] = []
     for round_ in range(args.rounds):
-        rates["(a) tf.data pipeline alone"].append(pipeline_rate(records, 200))
+        rates[PIPELINE].append(pipeline_rate(records, 200, args.crop))
         for name, (model, dataset) in cases.items():
             timer = StepTimer()
             model.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
@@ -117,17 +117,56 @@ def main():
         print(f"round {round_ + 1}/{args.rounds} done", flush=True)
 
     median = {name: statistics.median(values) for name, values in rates.items()}
-    print(f"\nimages/s at {shape[0]}×{shape[1]}, batch {BATCH}, {os.cpu_count()} CPU cores "
+    variant = f"random {args.crop}×{args.crop} crops of {records.name}" if args.crop else f"{shape[0]}×{shape[1]}"
+    print(f"\nimages/s at {variant}, batch {BATCH}, {os.cpu_count()} CPU cores "
           f"(median of {args.rounds} rounds × {args.steps} steps):")
     for name in sorted(median, key=lambda n: (not n.startswith("("), n)):
         print(f"  {name:<52} {median[name]:9.1f}")
-    a, b = median["(a) tf.data pipeline alone"], median["(b) in-memory tensors, no augmentation"]
-    c = median["(c) real pipeline, augmentation in train step"]
+    a, b, c = median[PIPELINE], median[IN_MEMORY], median[next(name for name in cases if name.startswith("(c)"))]
     print(f"\n(a)/(b) = {a / b:.0f}×   (target ≥ 10×)")
     print(f"(c)/(b) = {c / b:.3f}   (target ≥ 0.95)")
-    print(f"augmentation in tf.data map / in train step = {median['    real pipeline, augmentation in tf.data map'] / c:.3f}")
-    print(f"XLA / no XLA, in-memory = {median['    in-memory tensors, XLA'] / b:.3f}; "
-          f"with augmentation in step = {median['    real pipeline, augmentation in step, network XLA'] / c:.3f}")
+    if args.crop is None:
+        print(f"augmentation in tf.data map / in train step = {median[HOST_AUGMENTED] / c:.3f}")
+        print(f"XLA / no XLA, in-memory = {median[IN_MEMORY_XLA] / b:.3f}; with augmentation in step = "
+              f"{median[IN_STEP_XLA] / c:.3f}")
+
+
+PIPELINE = "(a) tf.data pipeline alone"
+IN_MEMORY = "(b) in-memory tensors, no augmentation"
+HOST_AUGMENTED = "    real pipeline, augmentation in tf.data map"
+IN_MEMORY_XLA = "    in-memory tensors, XLA"
+IN_STEP_XLA = "    real pipeline, augmentation in step, network XLA"
+
+
+def placement_cases(pipeline, images, masks):
+    """The squash cases: (b), (c), and where the augmentation runs, with and without XLA."""
+    in_memory = tf.data.Dataset.from_tensors((images, masks)).repeat()
+    shape = tuple(images.shape[1:])
+    return {
+        IN_MEMORY: (compiled(build_unet(shape), jit=False), in_memory),
+        "(c) real pipeline, augmentation in train step": (
+            compiled(SegmentationTrainer(build_unet(shape), SegmentationAugmentation(seed=0)), jit=False),
+            pipeline,
+        ),
+        HOST_AUGMENTED: (compiled(build_unet(shape), jit=False), host_augmented(pipeline)),
+        IN_MEMORY_XLA: (compiled(build_unet(shape), jit=True), in_memory),
+        IN_STEP_XLA: (
+            compiled(SegmentationTrainer(build_unet(shape), SegmentationAugmentation(seed=0), jit_network=True), jit=False),
+            pipeline,
+        ),
+    }
+
+
+def crop_cases(pipeline, images, masks, crop):
+    """The crop variant: (b) crops from memory, (c) padded records cropped and augmented in the step;
+    the network takes any size in both, as `train --crop` builds it."""
+    in_memory = tf.data.Dataset.from_tensors((images, masks)).repeat()
+    trainer = SegmentationTrainer(build_unet((None, None, 3)), SegmentationAugmentation(seed=0),
+                                  crop=RandomRecordCrop(crop, seed=0))
+    return {
+        IN_MEMORY: (compiled(build_unet((None, None, 3)), jit=False), in_memory),
+        "(c) real pipeline, crop and augmentation in train step": (compiled(trainer, jit=False), pipeline),
+    }
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""The prototype's rotate/flip augmentation, applied on the training device to images and masks alike.
+"""The prototype's rotate/flip augmentation, and the random crop of `--crop`, applied on the training
+device to images and masks alike.
 
 Built from core Keras 3 preprocessing layers, which transform an `{"images", "segmentation_masks"}`
-batch with one draw per image and resample masks nearest, so masks stay exactly {0, 1}.
+batch with one draw per image and resample masks nearest, so masks stay exactly {0, 1}. The crop is
+our own (`RandomRecordCrop`): Keras' RandomCrop draws one window per batch and knows nothing of padding.
 """
 
 import keras
@@ -60,6 +62,48 @@ class SegmentationAugmentation(keras.layers.Layer):
             seed=self.seed,
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="stoneseg")
+class RandomRecordCrop(keras.layers.Layer):
+    """A random `size`×`size` window of each record in a batch of zero-padded records, drawn fresh for
+    every record at every call; the image and its mask get the same window.
+
+    `call(images, masks, sizes)`: `images` [B,H,W,3] and `masks` [B,H,W,1] hold records padded on the
+    bottom and right to at least size×size (stoneseg.data.make_dataset with `crop`), `sizes` [B, 2]
+    each record's own (height, width). The window's top-left corner is uniform over the positions
+    that keep it inside the record; along a side where the record is smaller than `size` it is 0, and
+    the window runs past the record into padding. Returns `(images, masks, weights)`, size×size, in
+    the input dtypes; `weights` float32 [B,size,size,1] is 1 on the record's pixels and 0 on padding.
+    """
+
+    def __init__(self, size, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.size = size
+        self.seed = seed
+        # Offsets 0-3 are SegmentationAugmentation's: one --seed drives both without repeating a stream.
+        self.corner_seed = keras.random.SeedGenerator(_offset(seed, 4))
+
+    def call(self, images, masks, sizes):
+        sizes = ops.cast(sizes, "int32")
+        positions = ops.maximum(sizes - self.size, 0) + 1  # top-left corners that keep the window inside
+        draws = keras.random.uniform(ops.shape(sizes), seed=self.corner_seed)
+        corners = ops.minimum(ops.cast(draws * ops.cast(positions, "float32"), "int32"), positions - 1)
+        steps = ops.arange(self.size, dtype="int32")
+        rows = corners[:, :1] + steps  # [B, size]
+        cols = corners[:, 1:] + steps
+        weights = ops.logical_and(rows[:, :, None] < sizes[:, :1, None], cols[:, None, :] < sizes[:, 1:, None])
+        # One gather of exactly the window's pixels from the flattened batch (take_along_axis would
+        # broadcast and transpose the whole padded batch twice).
+        batch, height, width = ops.shape(images)[0], ops.shape(images)[1], ops.shape(images)[2]
+        first_row = ops.arange(batch, dtype="int32")[:, None, None] * height
+        pixels = (first_row + rows[:, :, None]) * width + cols[:, None, :]  # [B, size, size]
+        images = ops.take(ops.reshape(images, (-1, ops.shape(images)[-1])), pixels, axis=0)
+        masks = ops.take(ops.reshape(masks, (-1, ops.shape(masks)[-1])), pixels, axis=0)
+        return images, masks, ops.cast(weights, "float32")[..., None]
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, "seed": self.seed}
 
 
 def _offset(seed, offset):

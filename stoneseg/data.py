@@ -2,44 +2,70 @@
 
 Photos were decoded and resized once by `tools.build_records`; here each record's PNGs are decoded
 once in parallel and cached as uint8, so the per-step path is only shuffle, batch and prefetch.
-Augmentation is not done here: it runs inside the train step on the training device.
+Augmentation is not done here: it runs inside the train step on the training device, and so does
+the random crop of `--crop` (this module only ships whole records, padded to a common size).
+
+Records come in two modes (records/README.md): squash, every photo resized to one fixed size, and
+scale, every photo resized by one factor F with its aspect ratio kept, so record sizes differ.
 """
 
 from pathlib import Path
 
 import tensorflow as tf
 
+from stoneseg.choices import OUTPUT_STRIDE
 from stoneseg.cli import InputError
-from stoneseg.records import FEATURES, MANIFEST, load_manifest, split_size
+from stoneseg.records import FEATURES, MANIFEST, describe, load_manifest, record_size, split_size
 
 _FEATURE_SPEC = {name: tf.io.FixedLenFeature([], tf.string if kind == "bytes" else tf.int64)
                  for name, kind in FEATURES.items()}
+_SIZE_SPEC = {name: _FEATURE_SPEC[name] for name in ("image/height", "image/width", "source/name", "source/height",
+                                                      "source/width")}
 _MAX_SHUFFLE_BUFFER = 4096
 
 
 def read_examples(records_dir, split):
     """One split's records, decoded: dicts of uint8 `image` [H,W,3] and `mask` [H,W,1] (values 0, 1),
-    the source photo's `name` and its original `height` and `width`. Shards are read in parallel."""
+    the source photo's `name` and its original `height` and `width`. Shards are read in parallel.
+
+    Squash records all have the manifest's image_size, and the shapes say so; scale records each
+    have their own size (io.Scale(F) of the photo's), so H and W are None. A record whose size
+    contradicts the manifest is an error naming its shard: an InputError for the first record of any
+    shard, checked here; for any other, an InvalidArgumentError as it is read.
+    """
     records_dir = Path(records_dir)
     manifest = load_manifest(records_dir)
     if split not in manifest["splits"]:
         raise InputError(f"{records_dir / MANIFEST}: no {split!r} split (has {sorted(manifest['splits'])})")
     shards = [str(records_dir / name) for name in manifest["splits"][split]["shards"]]
-    height, width = manifest["image_size"]
+    compression = manifest.get("compression") or ""
+    _check_first_records(records_dir / MANIFEST, manifest, shards, compression)
+    static = tuple(manifest["image_size"]) if manifest["mode"] == "squash" else (None, None)
 
-    def parse(serialized):
+    def parse(shard, serialized):
         features = tf.io.parse_single_example(serialized, _FEATURE_SPEC)
-        return {
-            "image": tf.ensure_shape(tf.io.decode_png(features["image/png"], channels=3), (height, width, 3)),
-            "mask": tf.ensure_shape(tf.io.decode_png(features["mask/png"], channels=1), (height, width, 1)),
-            "name": features["source/name"],
-            "height": features["source/height"],
-            "width": features["source/width"],
-        }
+        image = tf.io.decode_png(features["image/png"], channels=3)
+        mask = tf.io.decode_png(features["mask/png"], channels=1)
+        expected = _record_size_tensor(manifest, tf.stack([features["source/height"], features["source/width"]]))
+        stated = tf.stack([features["image/height"], features["image/width"]])
+        sizes = tf.stack([tf.shape(image, tf.int64)[:2], tf.shape(mask, tf.int64)[:2], stated])
+        check = tf.debugging.Assert(
+            tf.reduce_all(sizes == expected),
+            [shard, features["source/name"], "image, mask and stated sizes", sizes, "but the manifest",
+             f"({describe(manifest)}) makes it", expected],
+        )
+        with tf.control_dependencies([check]):
+            return {
+                "image": tf.ensure_shape(image, (*static, 3)),
+                "mask": tf.ensure_shape(mask, (*static, 1)),
+                "name": features["source/name"],
+                "height": features["source/height"],
+                "width": features["source/width"],
+            }
 
     files = tf.data.Dataset.from_tensor_slices(shards)
     records = files.interleave(
-        lambda path: tf.data.TFRecordDataset(path, compression_type=manifest.get("compression") or ""),
+        lambda path: tf.data.TFRecordDataset(path, compression_type=compression).map(lambda record: (path, record)),
         cycle_length=min(len(shards), 16),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
@@ -48,8 +74,17 @@ def read_examples(records_dir, split):
     return examples.apply(tf.data.experimental.assert_cardinality(split_size(manifest, split)))
 
 
-def make_dataset(records_dir, split, batch_size, training, seed=0, num_workers=1):
-    """Batches of `(uint8 image [B,H,W,3], uint8 mask [B,H,W,1])` from one split's shards.
+def make_dataset(records_dir, split, batch_size, training, seed=0, num_workers=1, crop=None):
+    """Batches from one split's shards, as uint8 tensors.
+
+    Without `crop` (squash records only): `(images [B,H,W,3], masks [B,H,W,1])`, the records as they are.
+    With `crop` N (`train --crop N`): whole records, zero-padded on the bottom and right to the largest
+    in the batch, and
+    - training: `(images, masks, sizes)`, each record padded to at least N×N, `sizes` int32 [B, 2] its
+      own (height, width); the train step draws a random N×N crop inside each (augment.RandomRecordCrop);
+    - otherwise: `(images, masks, weights)`, padded to a multiple of the network's stride (32), with
+      `weights` [B,H,W,1] 1 on record pixels and 0 on padding: Keras' sample_weight, so padding counts
+      in neither the loss nor the metrics, and a validation score is over whole photos.
 
     Training: shuffled with `seed` (a new order each epoch), repeated forever, full batches only.
     Otherwise: one pass in record order, the last batch may be short. `batch_size` is the global
@@ -57,13 +92,63 @@ def make_dataset(records_dir, split, batch_size, training, seed=0, num_workers=1
     `num_workers` workers when there are at least that many shards.
     """
     manifest = load_manifest(records_dir)
+    if crop is None and manifest["mode"] != "squash":
+        raise InputError(f"{Path(records_dir) / MANIFEST}: {describe(manifest)} records differ in size, so they are "
+                         "batched whole only with a crop size (python -m stoneseg.train --crop N)")
     dataset = read_examples(records_dir, split).map(lambda example: (example["image"], example["mask"])).cache()
     if training:
         buffer = min(split_size(manifest, split), _MAX_SHUFFLE_BUFFER)
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    dataset = dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    if crop is None:
+        dataset = dataset.batch(batch_size, drop_remainder=training)
+    elif training:
+        dataset = dataset.map(lambda image, mask: _at_least(image, mask, crop), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.padded_batch(batch_size, drop_remainder=True)
+    else:
+        dataset = dataset.map(lambda image, mask: (image, mask, tf.ones_like(mask)))
+        dataset = dataset.padded_batch(batch_size).map(_pad_to_stride, num_parallel_calls=tf.data.AUTOTUNE)
     num_shards = len(manifest["splits"][split]["shards"])
-    return dataset.with_options(_sharding_options(num_shards, num_workers))
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_sharding_options(num_shards, num_workers))
+
+
+def _at_least(image, mask, side):
+    """Pad a record on the bottom and right to at least side×side; also return its own (height, width)."""
+    size = tf.shape(image)[:2]
+    padding = tf.maximum(side - size, 0)
+    paddings = tf.stack([[0, padding[0]], [0, padding[1]], [0, 0]])
+    return tf.pad(image, paddings), tf.pad(mask, paddings), size
+
+
+def _pad_to_stride(images, masks, weights):
+    """Pad a batch on the bottom and right to multiples of OUTPUT_STRIDE (weights 0 there)."""
+    size = tf.shape(images)[1:3]
+    padding = -size % OUTPUT_STRIDE
+    paddings = tf.stack([[0, 0], [0, padding[0]], [0, padding[1]], [0, 0]])
+    return tf.pad(images, paddings), tf.pad(masks, paddings), tf.pad(weights, paddings)
+
+
+def _record_size_tensor(manifest, source):
+    """records.record_size as int64 tensor ops on a [2] source (height, width): io.Scale's float64 arithmetic."""
+    if manifest["mode"] == "squash":
+        return tf.constant(manifest["image_size"], tf.int64)
+    scaled = tf.math.ceil(tf.cast(source, tf.float64) * manifest["scale"] - 1e-9)
+    return tf.maximum(tf.cast(scaled, tf.int64), 1)
+
+
+def _check_first_records(manifest_path, manifest, shards, compression):
+    """Raise an InputError naming the shard when a shard's first record contradicts the manifest (a folder
+    holding shards of two builds, or a manifest edited by hand)."""
+    for shard in shards:
+        for record in tf.data.TFRecordDataset(shard, compression_type=compression).take(1):
+            features = tf.io.parse_single_example(record, _SIZE_SPEC)
+            size = (int(features["image/height"]), int(features["image/width"]))
+            expected = record_size(manifest, (int(features["source/height"]), int(features["source/width"])))
+            if size != expected:
+                raise InputError(
+                    f"{shard}: record of {features['source/name'].numpy().decode()} is {size[0]}x{size[1]}, but "
+                    f"{manifest_path} describes {describe(manifest)} records, which make it {expected[0]}x{expected[1]}: "
+                    "the folder mixes records of two builds; rebuild it with `python -m tools.build_records --overwrite`"
+                )
 
 
 def _sharding_options(num_shards, num_workers):

@@ -1,4 +1,8 @@
-"""How masks are scored in training: the losses and the thresholded stone-class metrics."""
+"""How masks are scored in training: the losses and the thresholded stone-class metrics.
+
+Both losses and both metrics take Keras' `sample_weight` as per-pixel weights [B,H,W,1] of 0 and 1:
+`train --crop` gives padding weight 0, and a pixel of weight 0 counts in neither a loss nor a metric.
+"""
 
 import keras
 from keras import ops
@@ -26,21 +30,38 @@ class BinaryDice(keras.metrics.BinaryIoU):
 
 @keras.saving.register_keras_serializable(package="stoneseg")
 class BceDiceLoss(keras.losses.Loss):
-    """Binary cross-entropy plus the soft Dice loss of each mask."""
+    """Binary cross-entropy plus the soft Dice loss of each mask, averaged over the masks.
+
+    With per-pixel `sample_weight` (0 or 1), each mask's cross-entropy is the mean over its pixels of
+    weight 1, and its Dice is over those pixels alone: sum(w·t·p) against sum(w·t) + sum(w·p).
+    """
 
     def __init__(self, name="bce_dice", **kwargs):
         super().__init__(name=name, **kwargs)
         self.bce = keras.losses.BinaryCrossentropy(reduction=None)
         self.dice = keras.losses.Dice(reduction=None, axis=(1, 2, 3))
 
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Keras would apply sample_weight to the per-mask values call() returns; the weights are per
+        # pixel, so they travel with y_true into call() instead.
+        if sample_weight is None:
+            return super().__call__(y_true, y_pred)
+        return super().__call__((y_true, sample_weight), y_pred)
+
     def call(self, y_true, y_pred):
-        return ops.mean(self.bce(y_true, y_pred), axis=(1, 2)) + self.dice(y_true, y_pred)
+        if not isinstance(y_true, (tuple, list)):
+            return ops.mean(self.bce(y_true, y_pred), axis=(1, 2)) + self.dice(y_true, y_pred)
+        y_true, weights = y_true
+        pixel_bce = self.bce(y_true, y_pred) * weights[..., 0]
+        bce = ops.divide_no_nan(ops.sum(pixel_bce, axis=(1, 2)), ops.sum(weights, axis=(1, 2, 3)))
+        return bce + self.dice(y_true * weights, y_pred * weights)
 
 
 def make_loss(name):
     """The training loss called `name` (one of LOSSES)."""
     if name == "bce":
-        return keras.losses.BinaryCrossentropy(name="bce")
+        # The mean over pixels of weight 1 (without weights: over all pixels, as Keras' default).
+        return keras.losses.BinaryCrossentropy(name="bce", reduction="mean_with_sample_weight")
     if name == "bce_dice":
         return BceDiceLoss()
     raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")

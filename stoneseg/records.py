@@ -1,5 +1,6 @@
 """The records format (records/README.md) in one place: the manifest's name and version, the features of
-a record, reading a manifest, and checking the shards against the sizes and SHA-256 it lists.
+a record, reading a manifest, its mode (squash or scale) and the size of a record it implies, and
+checking the shards against the sizes and SHA-256 it lists.
 
 The builder (whose decode workers must never load TensorFlow), the tf.data reader and the tests all take
 the format from here, so nothing here imports TensorFlow.
@@ -11,10 +12,13 @@ import shlex
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from stoneseg import io
 from stoneseg.cli import InputError, cores
 
-FORMAT_VERSION = 2  # 2: the manifest lists each shard's size and SHA-256 ("checksums")
+FORMAT_VERSION = 3  # 2: the manifest lists each shard's size and SHA-256 ("checksums"); 3: "mode" and "scale"
+READABLE_VERSIONS = (2, 3)  # a version 2 manifest has no "mode": it describes squash records
 MANIFEST = "manifest.json"
+MODES = ("squash", "scale")
 
 # The features of every record, one value each: "bytes" or "int" (int64).
 FEATURES = {
@@ -31,7 +35,9 @@ _HASH_CHUNK = 2**24
 
 
 def load_manifest(records_dir) -> dict:
-    """The manifest of the records in `records_dir`; an InputError if there is none or it is of another format."""
+    """The manifest of the records in `records_dir`, with its "mode" ("squash" or "scale"), "scale" (F, or
+    None for squash) and "image_size" ([H, W] for squash, None for scale); an InputError if there is none,
+    it is of another format or it contradicts itself."""
     records_dir = Path(records_dir)
     path = records_dir / MANIFEST
     if records_dir.exists() and not records_dir.is_dir():
@@ -44,10 +50,38 @@ def load_manifest(records_dir) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{path}: not a records manifest ({error})") from None
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version != FORMAT_VERSION:
-        raise InputError(f"{path}: records format version {version!r}, this stoneseg reads {FORMAT_VERSION}; rebuild "
-                         f"them with `python -m tools.build_records --out {shlex.quote(str(records_dir))} --overwrite`")
+    if version not in READABLE_VERSIONS:
+        raise InputError(f"{path}: records format version {version!r}, this stoneseg reads "
+                         f"{' and '.join(map(str, READABLE_VERSIONS))}; rebuild them with "
+                         f"`python -m tools.build_records --out {shlex.quote(str(records_dir))} --overwrite`")
+    manifest.setdefault("mode", "squash")
+    manifest.setdefault("scale", None)
+    mode, scale, size = manifest["mode"], manifest["scale"], manifest.get("image_size")
+    squash = mode == "squash" and scale is None and _is_size(size)
+    scaled = mode == "scale" and size is None and isinstance(scale, (int, float)) and 0 < scale <= 1
+    if not (squash or scaled):
+        raise InputError(f"{path}: contradictory manifest (mode {mode!r}, scale {scale!r}, image_size {size!r}): "
+                         "squash records have an image_size [H, W] and no scale, scale records a scale in (0, 1] "
+                         "and no image_size")
     return manifest
+
+
+def describe(manifest: dict) -> str:
+    """"squash 256x256" or "scale 0.5": the records' mode in a few words, for messages."""
+    if manifest["mode"] == "scale":
+        return f"scale {manifest['scale']:g}"
+    return f"squash {manifest['image_size'][0]}x{manifest['image_size'][1]}"
+
+
+def record_size(manifest: dict, source_size) -> tuple[int, int]:
+    """The (height, width) of the record of a photo of `source_size` (height, width)."""
+    if manifest["mode"] == "scale":
+        return io.Scale(manifest["scale"]).of(tuple(source_size))
+    return tuple(manifest["image_size"])
+
+
+def _is_size(size) -> bool:
+    return isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) and n > 0 for n in size)
 
 
 def split_size(manifest: dict, split: str) -> int:

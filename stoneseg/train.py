@@ -2,7 +2,9 @@
 
 The defaults are the prototype's recipe (Adam 1e-3, binary cross-entropy, batch 4, up to 50 epochs,
 early stopping on val_loss with patience 5 keeping the best weights), fed from the shards with the
-rotate/flip augmentation drawn inside the train step. Everything a run writes goes to its run folder:
+rotate/flip augmentation drawn inside the train step. Squash records train whole; with `--crop N`
+(required for scale records) each step trains on a random N×N crop of every record, drawn in the
+train step too, and validation scores whole records. Everything a run writes goes to its run folder:
 config.json, best.keras, history.csv, TensorBoard logs and a backup that a restarted run resumes from.
 """
 
@@ -17,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from stoneseg import cli, records
-from stoneseg.choices import BLOCKS_PER_STAGE, LOSSES, STRATEGIES
+from stoneseg.choices import BLOCKS_PER_STAGE, LOSSES, OUTPUT_STRIDE, STRATEGIES
 from stoneseg.cli import InputError
 from stoneseg.files import write_atomically
 from stoneseg.records import MANIFEST
@@ -64,6 +66,15 @@ def parse_args(argv=None):
     parser.add_argument(
         "--image-size", type=int, default=None, help="side of the training images; default and only value: the records'"
     )
+    parser.add_argument(
+        "--crop",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on a random NxN crop of every record (a multiple of 32), drawn each step on the training "
+        "device; records smaller than N are padded and the padding counts in no loss or metric; validation "
+        "scores whole records. Needed for scale records (build_records --scale); default: squash records whole",
+    )
     parser.add_argument("--mixed-precision", action="store_true", help="float16 (bfloat16 on TPU) compute")
     parser.add_argument(
         "--jit",
@@ -83,6 +94,9 @@ def parse_args(argv=None):
     for name in ("epochs", "epoch_images", "batch_size", "patience", "steps_per_epoch", "image_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.crop is not None and (args.crop < OUTPUT_STRIDE or args.crop % OUTPUT_STRIDE):
+        parser.error(f"--crop {args.crop} is not a positive multiple of {OUTPUT_STRIDE} (the network halves the image "
+                     "5 times)")
     return args
 
 
@@ -91,13 +105,21 @@ def main(argv=None):
     started = time.time()
     args = parse_args(argv)
     manifest = records.load_manifest(args.records)
-    height, width = manifest["image_size"]
+    squash = manifest["mode"] == "squash"
+    height, width = manifest["image_size"] if squash else (None, None)
     if args.image_size is not None and (args.image_size, args.image_size) != (height, width):
-        raise InputError(f"--image-size {args.image_size}: the records in {args.records} are {height}×{width}; "
-                         "rebuild them")
+        raise InputError(f"--image-size {args.image_size}: the records in {args.records} are "
+                         f"{records.describe(manifest)}; rebuild them")
     if not records.split_size(manifest, "train") or not records.split_size(manifest, "val"):
         raise InputError(f"{args.records / MANIFEST}: training needs a train and a val split (build with "
                          "--val-fraction > 0)")
+    if not squash and args.crop is None:
+        raise InputError(f"the records in {args.records} are {records.describe(manifest)}, each its own size: train "
+                         "on crops of them with --crop N (e.g. --crop 256)")
+    if squash and args.crop is not None and args.crop > min(height, width):
+        raise InputError(f"--crop {args.crop} is larger than the records in {args.records} "
+                         f"({records.describe(manifest)}); crop at most "
+                         f"{min(height, width) // OUTPUT_STRIDE * OUTPUT_STRIDE}, or rebuild them larger")
     records.check_shards(args.records, manifest, ("train", "val"), hashes=not args.skip_hash)
 
     tf = cli.import_tensorflow()
@@ -113,7 +135,7 @@ def train_model(args, manifest, started):
     import tensorflow as tf
 
     from stoneseg import distribute
-    from stoneseg.augment import SegmentationAugmentation
+    from stoneseg.augment import RandomRecordCrop, SegmentationAugmentation
     from stoneseg.callbacks import ResumableEarlyStopping, ValidationImages, best_epoch, read_history
     from stoneseg.data import make_dataset
     from stoneseg.metrics import make_loss, training_metrics
@@ -126,7 +148,17 @@ def train_model(args, manifest, started):
     jit = accelerated if args.jit is None else args.jit
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if args.strategy == "tpu" else "mixed_float16")
-    height, width = manifest["image_size"]
+    squash = manifest["mode"] == "squash"
+    height, width = manifest["image_size"] if squash else (None, None)
+
+    global_batch = args.batch_size * strategy.num_replicas_in_sync
+    workers = distribute.num_workers(strategy)
+    # Whole scale records can be large: validate one per replica. Building the datasets checks each
+    # shard's first record against the manifest, before anything is written.
+    val_batch = global_batch if squash else strategy.num_replicas_in_sync
+    train = make_dataset(args.records, "train", global_batch, training=True, seed=args.seed, num_workers=workers,
+                         crop=args.crop)
+    val = make_dataset(args.records, "val", val_batch, training=False, num_workers=workers, crop=args.crop)
 
     run_dir = find_run_dir(args)
     chief = distribute.is_chief(strategy)
@@ -139,30 +171,35 @@ def train_model(args, manifest, started):
     if chief:
         write_config(run_dir, args, manifest, strategy, jit)
 
-    global_batch = args.batch_size * strategy.num_replicas_in_sync
     epoch_images = max(args.epoch_images, records.split_size(manifest, "train"))
     steps_per_epoch = args.steps_per_epoch or max(1, epoch_images // global_batch)
-    workers = distribute.num_workers(strategy)
     print(
         f"strategy {args.strategy} ({type(strategy).__name__}): {strategy.num_replicas_in_sync} replica(s), "
         f"{workers} worker(s); "
         f"batch {args.batch_size} per replica = global batch {global_batch}; {steps_per_epoch} steps per epoch; "
-        f"XLA {'on' if jit else 'off'}; run folder {run_dir}",
+        f"XLA {'on' if jit else 'off'}; records {records.describe(manifest)}, "
+        f"{f'random {args.crop}x{args.crop} crops' if args.crop else 'whole'}; run folder {run_dir}",
         flush=True,
     )
-    train = make_dataset(args.records, "train", global_batch, training=True, seed=args.seed, num_workers=workers)
-    val = make_dataset(args.records, "val", global_batch, training=False, num_workers=workers)
 
     with strategy.scope():
-        network = build_unet((height, width, 3), backbone=args.backbone)
-        trainer = SegmentationTrainer(network, SegmentationAugmentation(seed=args.seed), jit_network=jit)
+        if args.crop is None:
+            network, crop, saved_input_shape = build_unet((height, width, 3), backbone=args.backbone), None, None
+        else:  # crops to train, whole records to validate: one network for any size
+            network = build_unet((None, None, 3), backbone=args.backbone, scale=manifest["scale"])
+            crop = RandomRecordCrop(args.crop, seed=args.seed)
+            saved_input_shape = (height, width, 3) if squash else None  # predict squashes photos to this size
+        trainer = SegmentationTrainer(
+            network, SegmentationAugmentation(seed=args.seed), jit_network=jit, crop=crop,
+            saved_input_shape=saved_input_shape,
+        )
         trainer.compile(
             optimizer=keras.optimizers.Adam(args.lr),
             loss=make_loss(args.loss),
             metrics=training_metrics(),
             jit_compile=False,  # the network's own compute is compiled inside the trainer when jit
         )
-        trainer.build((None, height, width, 3))
+        trainer.build((None, args.crop, args.crop, 3) if args.crop else (None, height, width, 3))
 
     best_so_far = best_epoch(history)
     callbacks = [
@@ -180,7 +217,7 @@ def train_model(args, manifest, started):
         keras.callbacks.TensorBoard(task_dir / "logs", write_graph=False),
     ]
     if chief:
-        images, masks = next(iter(make_dataset(args.records, "val", args.val_images, training=False)))
+        images, masks, *_ = next(iter(make_dataset(args.records, "val", args.val_images, training=False, crop=args.crop)))
         callbacks.append(ValidationImages(run_dir / "logs" / "images", images, masks))
     if resuming:
         print(f"resuming {run_dir} from its backup", flush=True)
@@ -232,6 +269,8 @@ def write_config(run_dir, args, manifest, strategy, jit):
         "packages": {name: metadata.version(name) for name in PACKAGES},
         "python": sys.version.split()[0],
         "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+        "records_mode": manifest["mode"],
+        "records_scale": manifest["scale"],
         "image_size": manifest["image_size"],
         "strategy": type(strategy).__name__,
         "replicas": strategy.num_replicas_in_sync,

@@ -1,30 +1,46 @@
-"""The training wrapper: augmentation inside the replicated train step, the network's own compute
-optionally XLA-compiled, and saving that writes the network alone.
+"""The training wrapper: the random crop and the augmentation inside the replicated train step, the
+network's own compute optionally XLA-compiled, and saving that writes the network alone.
 
 `model.fit` runs `train_step` once per replica on the replica's device (`tf.distribute`), so the
-augmentation runs where the model trains, not in the `tf.data` map. Keras' `RandomRotation` has no
-XLA kernel, so with `jit_network` only the forward and backward pass of the network is compiled
-(the optimizer update stays outside: it synchronizes replicas, which a nested XLA function cannot).
+crop and augmentation run where the model trains, not in the `tf.data` map. Keras' `RandomRotation`
+has no XLA kernel, so with `jit_network` only the forward and backward pass of the network is
+compiled (the optimizer update stays outside: it synchronizes replicas, which a nested XLA function
+cannot).
+
+With a `crop` (`train --crop N`), batches are `(images, masks, sizes)` of zero-padded whole records:
+the crop cuts a random N×N window of each and marks the padding in it with weight 0; the weights
+then ride through rotate/flip as a second mask channel, and go to the loss and the metrics as
+`sample_weight`, so padding never counts. Validation batches `(images, masks, weights)` are scored by
+Keras' own test step with the same sample_weight.
 """
 
 from pathlib import Path
 
 import keras
 import tensorflow as tf
+from keras import ops
 
 from stoneseg import distribute
 from stoneseg.files import partial_path
 
 
 class SegmentationTrainer(keras.Model):
-    """Trains `network` on batches augmented by `augmentation`; `save()` saves `network` only."""
+    """Trains `network` on batches cropped by `crop` (None: batches used whole) and augmented by
+    `augmentation`; `save()` saves `network` only, rebuilt for `saved_input_shape` when one is given
+    (a network trained on crops of squashed records still takes the squashed size when saved)."""
 
-    def __init__(self, network, augmentation, jit_network=False, **kwargs):
+    def __init__(self, network, augmentation, jit_network=False, crop=None, saved_input_shape=None, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.augmentation = augmentation
+        self.crop = crop
+        self.saved_input_shape = saved_input_shape
         self.jit_network = jit_network
         self._gradients = tf.function(self._forward_backward, jit_compile=True) if jit_network else self._forward_backward
+
+    def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None, **kwargs):
+        """Keras' compile, with `metrics` as weighted metrics: they see the sample_weight that gives padding 0."""
+        super().compile(optimizer, loss, loss_weights, weighted_metrics=metrics, **kwargs)
 
     def build(self, input_shape):
         self.augmentation.build(input_shape)
@@ -33,9 +49,16 @@ class SegmentationTrainer(keras.Model):
         return self.network(images, training=training)
 
     def train_step(self, data):
-        images, masks = data
-        images, masks = self.augmentation(images, masks, training=True)
-        loss, predictions, gradients = self._gradients(images, masks)
+        if self.crop is None:
+            images, masks = data
+            images, masks = self.augmentation(images, masks, training=True)
+            weights = None
+        else:
+            images, masks, weights = self.crop(*data)
+            both = ops.concatenate([ops.cast(masks, "float32"), weights], axis=-1)
+            images, both = self.augmentation(images, both, training=True)
+            masks, weights = both[..., :1], both[..., 1:]
+        loss, predictions, gradients = self._gradients(images, masks, weights)
         self.optimizer.apply(gradients, self.trainable_variables)
         # compute_loss divides by the replica count (the gradients are summed); log the true loss.
         loss = loss * tf.distribute.get_replica_context().num_replicas_in_sync
@@ -43,13 +66,14 @@ class SegmentationTrainer(keras.Model):
             if metric.name == "loss":
                 metric.update_state(loss)
             else:
-                metric.update_state(masks, predictions)
+                # Integer weights: IoU counts are integers, and Keras warns about float weights for them.
+                metric.update_state(masks, predictions, sample_weight=None if weights is None else ops.cast(weights, "int32"))
         return self._reducible_logs(self.get_metrics_result())
 
-    def _forward_backward(self, images, masks):
+    def _forward_backward(self, images, masks, weights):
         with tf.GradientTape() as tape:
             predictions = self(images, training=True)
-            loss = self.compute_loss(x=images, y=masks, y_pred=predictions, training=True)
+            loss = self.compute_loss(x=images, y=masks, y_pred=predictions, sample_weight=weights, training=True)
             scaled_loss = self.optimizer.scale_loss(loss)  # mixed precision: loss scaling
         return loss, predictions, tape.gradient(scaled_loss, self.trainable_variables)
 
@@ -61,8 +85,14 @@ class SegmentationTrainer(keras.Model):
         filepath = Path(filepath)
         if filepath.exists() and not overwrite:
             raise FileExistsError(f"{filepath} exists; pass overwrite=True to replace it")
+        network = self.network
+        if self.saved_input_shape is not None:  # the same layers and weights on a fixed-size input
+            network = keras.models.clone_model(
+                network, input_tensors=keras.Input(self.saved_input_shape, name=network.inputs[0].name),
+                clone_function=lambda layer: layer,
+            )
         with partial_path(filepath) as partial:
-            self.network.save(partial, overwrite=True, **kwargs)
+            network.save(partial, overwrite=True, **kwargs)
 
     # Keras 3's fit() mishandles a multi-worker cluster in two places (keras-team/keras#20585).
 
@@ -75,6 +105,8 @@ class SegmentationTrainer(keras.Model):
                     lambda value: self.distribute_strategy.experimental_local_results(value)[0], next(batches)
                 )
                 break
+        if self.crop is not None and data_batch is not None and len(data_batch) == 3 and len(data_batch[2].shape) == 2:
+            data_batch = self.crop(*data_batch)  # build on what the network trains on: crops, not padded records
         super()._maybe_symbolic_build(data_batch=data_batch)
 
     def _reducible_logs(self, logs):

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from stoneseg.augment import SegmentationAugmentation
+from stoneseg.augment import RandomRecordCrop, SegmentationAugmentation
 
 
 def blocky_batch(count=8, size=64, seed=0):
@@ -90,3 +90,52 @@ def test_rotation_is_bounded_by_30_degrees():
         ys, xs = np.nonzero(out[0, ..., 0])
         slope = abs(np.polyfit(xs, ys, 1)[0])
         assert slope <= np.tan(np.radians(30.0)) + 0.1
+
+
+# ----------------------------------------------------------------------------- RandomRecordCrop
+def position_batch(sizes, canvas):
+    """Zero-padded records whose pixels name their own place: red = row, green = column, blue = 1 + the
+    record's index; the mask is a checkerboard of row + column. Padding is 0 everywhere."""
+    images = np.zeros((len(sizes), *canvas, 3), np.uint8)
+    masks = np.zeros((len(sizes), *canvas, 1), np.uint8)
+    for index, (height, width) in enumerate(sizes):
+        rows, cols = np.mgrid[:height, :width]
+        images[index, :height, :width] = np.stack([rows, cols, np.full_like(rows, index + 1)], axis=-1)
+        masks[index, :height, :width, 0] = (rows + cols) % 2
+    return images, masks, np.array(sizes, np.int32)
+
+
+def test_crops_are_one_window_of_the_same_record_in_image_and_mask():
+    sizes = [(100, 90), (70, 100), (64, 64), (40, 50)]
+    images, masks, sizes_array = position_batch(sizes, (100, 100))
+    crop = RandomRecordCrop(64, seed=0)
+    corners = {index: set() for index in range(len(sizes))}
+    for _ in range(20):
+        out_images, out_masks, weights = (np.asarray(t) for t in crop(images, masks, sizes_array))
+        assert out_images.shape == (4, 64, 64, 3) and out_images.dtype == np.uint8
+        assert out_masks.shape == (4, 64, 64, 1) and weights.shape == (4, 64, 64, 1) and weights.dtype == np.float32
+        for index, (height, width) in enumerate(sizes):
+            image, mask, weight = out_images[index], out_masks[index, ..., 0], weights[index, ..., 0]
+            top, left = int(image[0, 0, 0]), int(image[0, 0, 1])
+            corners[index].add((top, left))
+            valid = (top + np.arange(64)[:, None] < height) & (left + np.arange(64)[None, :] < width)
+            np.testing.assert_array_equal(weight, valid)  # 1 exactly on the record's pixels
+            rows, cols = np.mgrid[top:top + 64, left:left + 64]
+            # One contiguous window of this record, the same in image and mask; zeros past its edge.
+            np.testing.assert_array_equal(image[..., 0], np.where(valid, rows, 0))
+            np.testing.assert_array_equal(image[..., 1], np.where(valid, cols, 0))
+            np.testing.assert_array_equal(image[..., 2], np.where(valid, index + 1, 0))
+            np.testing.assert_array_equal(mask, np.where(valid, (rows + cols) % 2, 0))
+            assert 0 <= top <= max(height - 64, 0) and 0 <= left <= max(width - 64, 0)
+    assert corners[2] == {(0, 0)} and corners[3] == {(0, 0)}  # not larger than the window: it starts at 0
+    assert len(corners[0]) > 10 and len({left for _, left in corners[1]}) > 10  # drawn fresh every call
+
+
+def test_crop_corners_reach_both_ends_and_a_seed_repeats_them():
+    images, masks, sizes = position_batch([(66, 67)] * 8, (66, 67))
+    def corners(crop, calls=30):
+        return [tuple(np.asarray(crop(images, masks, sizes)[0])[:, 0, 0, :2].ravel()) for _ in range(calls)]
+    drawn = corners(RandomRecordCrop(64, seed=5))
+    seen = {(top, left) for call in drawn for top, left in zip(call[::2], call[1::2])}
+    assert {top for top, _ in seen} == {0, 1, 2} and {left for _, left in seen} == {0, 1, 2, 3}
+    assert corners(RandomRecordCrop(64, seed=5)) == drawn

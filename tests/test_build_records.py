@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import cv2
@@ -117,6 +118,7 @@ def test_records_round_trip_through_tf_data(tmp_path):
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["format_version"] == FORMAT_VERSION and manifest["image_size"] == [24, 32]
+    assert manifest["mode"] == "squash" and manifest["scale"] is None
     assert manifest["compression"] is None and manifest["seed"] == 42
     assert manifest["strays"] == ["notes.txt"] and manifest["skipped"] == []
     assert {split: entry["examples"] for split, entry in manifest["splits"].items()} == {"train": 4, "val": 2}
@@ -143,6 +145,69 @@ def test_records_round_trip_through_tf_data(tmp_path):
     for split, entry in manifest["splits"].items():
         fractions = [records[name]["mask"].mean() for name in entry["sources"]]
         assert entry["stone_fraction"] == pytest.approx(np.mean(fractions), abs=1e-4)
+
+
+def test_scale_records_keep_each_photos_aspect_ratio(tmp_path):
+    data = tmp_path / "photos"
+    shapes = {"Image00.JPG": (48, 64), "Image01.JPG": (47, 63), "Image02.JPG": (64, 40), "Image03.png": (33, 50)}
+    for seed, (name, (height, width)) in enumerate(shapes.items()):
+        write_pair(data / name, data / name.replace(".", "_label."), seed=seed, height=height, width=width)
+    out = tmp_path / "records"
+    assert build("--data", data, "--out", out, "--scale", 0.5, "--val-fraction", 0.5, "--workers", 1) == 0
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["format_version"], manifest["mode"], manifest["scale"]) == (FORMAT_VERSION, "scale", 0.5)
+    assert manifest["image_size"] is None
+    records = read_records(out)
+    assert sorted(records) == sorted(shapes)
+    for name, record in records.items():
+        height, width = shapes[name]
+        expected = (math.ceil(height / 2), math.ceil(width / 2))  # the size io.Scale(0.5) promises
+        assert record["image"].shape == (*expected, 3) and record["mask"].shape == expected
+        assert (record["image/height"], record["image/width"]) == expected == io.Scale(0.5).of((height, width))
+        assert (record["source/height"], record["source/width"]) == (height, width)
+        if name.endswith(".JPG"):  # 1/2 is libjpeg's reduced decode alone, with no resize after it
+            photo = cv2.imread(str(data / name), cv2.IMREAD_REDUCED_COLOR_2)
+            mask = cv2.imread(str(data / name.replace(".", "_label.")), cv2.IMREAD_REDUCED_GRAYSCALE_2)
+            assert np.array_equal(record["image"], photo[..., ::-1])
+            assert np.array_equal(record["mask"], (mask > 127).astype(np.uint8))
+
+    assert build("--data", data, "--out", tmp_path / "odd", "--scale", 0.3, "--workers", 1) == 0
+    for name, record in read_records(tmp_path / "odd").items():
+        assert record["image"].shape[:2] == tuple(math.ceil(side * 0.3) for side in shapes[name])
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (["--scale", "0"], "--scale 0 must be in (0, 1]"),
+    (["--scale", "-0.5"], "--scale -0.5 must be in (0, 1]"),
+    (["--scale", "1.5"], "--scale 1.5 must be in (0, 1]"),
+    (["--scale", "nan"], "--scale nan must be in (0, 1]"),
+    (["--size", "64", "--scale", "0.5"], "--size (squash) and --scale (aspect ratio kept) are two modes"),
+])
+def test_bad_mode_flags_end_in_one_error_line_and_write_nothing(tmp_path, capsys, flags, problem):
+    data = flat_folder(tmp_path / "photos", 2)
+    with pytest.raises(SystemExit) as stopped:
+        build("--data", data, "--out", tmp_path / "records", *flags)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert error.strip().splitlines()[-1] == f"python -m tools.build_records: error: {problem}" + (
+        "; give one of them" if "two modes" in problem else ": records are never larger than the photos")
+    assert "Traceback" not in error and not (tmp_path / "records").exists()
+
+
+def test_a_folder_never_holds_two_modes(tmp_path, capsys):
+    data = flat_folder(tmp_path / "photos", 4)
+    out = tmp_path / "records"
+    assert build("--data", data, "--out", out, "--size", 16, "--workers", 1) == 0
+    before = snapshot(out)
+    assert build("--data", data, "--out", out, "--scale", 0.5, "--workers", 1) == 1
+    assert f"{out} already holds squash 16x16 records" in capsys.readouterr().err
+    assert snapshot(out) == before
+    assert build("--data", data, "--out", out, "--scale", 0.5, "--workers", 1, "--overwrite") == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    shards = [shard for entry in manifest["splits"].values() for shard in entry["shards"]]
+    assert sorted(path.name for path in out.iterdir()) == sorted(["manifest.json"] + shards)  # no squash shard left
+    assert all(record["image"].shape[:2] == (24, 32) for record in read_records(out).values())
 
 
 def test_worker_processes_and_gzip_give_the_same_records(tmp_path):
@@ -299,7 +364,7 @@ def test_existing_records_are_kept_unless_overwrite(tmp_path, capsys):
 
     assert build("--data", data, "--out", out, "--size", 8, "--workers", 1) == 1
     error = capsys.readouterr().err
-    assert f"{out} already holds records" in error and "pass --overwrite" in error
+    assert f"{out} already holds squash 16x16 records" in error and "pass --overwrite" in error
     assert snapshot(out) == before
 
     assert build("--data", data, "--out", out, "--size", 8, "--workers", 1, "--overwrite", "--gzip") == 0

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +18,8 @@ import tensorflow as tf
 from stoneseg import distribute
 import stoneseg.model  # noqa: F401  registers PhotoScale, which best.keras holds
 from stoneseg.callbacks import read_history
-from stoneseg.train import _run_arguments, find_run_dir, parse_args
+from stoneseg.model import model_scale
+from stoneseg.train import _run_arguments, find_run_dir, main, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "2", "--val-images", "2"]
@@ -184,3 +186,62 @@ def test_a_finished_run_folder_is_not_trained_again(mirrored_run, tiny_records):
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "holds a finished run (2 epochs)" in result.stderr
     assert (run_dir / "best.keras").read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- --crop
+@pytest.fixture(scope="module")
+def scale_records(tiny_photos, tmp_path_factory):
+    """tiny_photos (96x128) at scale 0.5: 48x64 records."""
+    from tools.build_records import main as build_records
+
+    out = tmp_path_factory.mktemp("scale") / "records"
+    assert build_records(["--data", str(tiny_photos), "--out", str(out), "--scale", "0.5", "--workers", "1"]) == 0
+    return out
+
+
+def test_scale_records_train_on_crops_into_a_model_that_carries_its_scale(scale_records, tmp_path):
+    run_dir = tmp_path / "run"
+    stdout, _ = run_train(scale_records, run_dir, "--crop", "32", "--epochs", "1", "--steps-per-epoch", "1",
+                          "--batch-size", "2", "--val-images", "2")
+    assert "records scale 0.5, random 32x32 crops" in stdout
+    model = keras.models.load_model(run_dir / "best.keras", safe_mode=True)
+    assert model.input_shape == (None, None, None, 3) and model_scale(model) == 0.5
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["records_mode"], config["records_scale"], config["arguments"]["crop"]) == ("scale", 0.5, 32)
+    assert set(read_history(run_dir / "history.csv")[0]) >= {"iou", "val_iou", "val_loss"}
+
+
+@pytest.mark.parametrize("crop", ["0", "-32", "48", "100"])
+def test_a_crop_that_is_not_a_positive_multiple_of_32_is_refused(crop, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(["--crop", crop])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"python -m stoneseg.train: error: --crop {crop} is not a positive multiple of 32 (the network halves the "
+        "image 5 times)")
+
+
+@pytest.fixture(scope="module")
+def mixed_records(tiny_records, tmp_path_factory):
+    """tiny_records' squash shards under a manifest that says scale 0.5: a folder mixing two builds."""
+    folder = tmp_path_factory.mktemp("mixed") / "records"
+    shutil.copytree(tiny_records, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "mode": "scale", "scale": 0.5, "image_size": None}))
+    return folder
+
+
+@pytest.mark.parametrize("records, flags, problem", [
+    ("tiny", ["--crop", "96"], "--crop 96 is larger than the records in {records} (squash 64x64); crop at most 64"),
+    ("scale", [], "the records in {records} are scale 0.5, each its own size: train on crops of them with --crop N"),
+    ("scale", ["--crop", "32", "--image-size", "64"], "--image-size 64: the records in {records} are scale 0.5"),
+    ("mixed", ["--crop", "32"], "{records}/train-00000-of-00008.tfrecord: record of "),
+])
+def test_records_that_do_not_fit_the_flags_end_in_one_line_and_write_nothing(
+        tiny_records, scale_records, mixed_records, tmp_path, capsys, records, flags, problem):
+    records = {"tiny": tiny_records, "scale": scale_records, "mixed": mixed_records}[records]
+    run_dir = tmp_path / "run"
+    assert main(["--records", str(records), "--run-dir", str(run_dir), *flags]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("train: error: " + problem.format(records=records)) and error.count("\n") == 1
+    assert not run_dir.exists()

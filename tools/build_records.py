@@ -1,6 +1,9 @@
 """Photos + masks -> resized, sharded TFRecords and manifest.json (format: records/README.md).
 
-    python -m tools.build_records [--data DIR] [--out records/] [--size 256] [--val-fraction 0.2] ...
+    python -m tools.build_records [--data DIR] [--out records/] [--size 256 | --scale F] [--val-fraction 0.2] ...
+
+Two modes: squash (--size, the default: every photo resized to one fixed size) and scale (--scale F: every
+photo resized by F with its aspect ratio kept, so records differ in size and stones keep their detail).
 
 Each photo is decoded once, in worker processes, by stoneseg.io (the same code prediction uses). All
 pairs are decoded and checked before anything is written; the shards and the manifest are written into
@@ -39,6 +42,7 @@ PROG = "build_records"
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "data" / "sample"
 DEFAULT_OUT = REPO / "records"
+DEFAULT_SIZE = 256
 SHARD_FILE = re.compile(r".+\.tfrecord(\.gz)?")
 STAGING_PREFIX = ".staging-"
 MIN_TRAIN_SHARDS = 8  # so a multi-worker job can shard the training set by file
@@ -59,7 +63,7 @@ class Example:
 
 
 # ----------------------------------------------------------------------------- decoding (worker processes)
-def decode_pair(data: Path, pair: Pair, size: tuple[int, int]) -> Example | list[Problem]:
+def decode_pair(data: Path, pair: Pair, size: io.Size) -> Example | list[Problem]:
     """Decode, check and PNG-encode one pair; every problem found, or the finished Example."""
     decoded, problems = {}, []
     for name, decode in ((pair.photo, io.decode_photo), (pair.mask, io.decode_mask)):
@@ -87,7 +91,7 @@ def _start_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
 
-def decode_all(data: Path, pairs: list[Pair], size: tuple[int, int], workers: int) -> list[Example | list[Problem]]:
+def decode_all(data: Path, pairs: list[Pair], size: io.Size, workers: int) -> list[Example | list[Problem]]:
     """decode_pair for every pair, in input order, on `workers` processes, with progress."""
     job = functools.partial(decode_pair, data, size=size)
     if workers <= 1 or len(pairs) <= 1:
@@ -265,8 +269,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tools.build_records",
         description="Decode stone photos and their black/white masks once (JPEG DCT-domain downscaling in "
-                    "parallel worker processes), resize them to --size, split them by source photo into "
-                    "train/val/test, and write TFRecord shards plus manifest.json (format: records/README.md).",
+                    "parallel worker processes), resize them to --size (squash) or by --scale (aspect ratio "
+                    "kept), split them by source photo into train/val/test, and write TFRecord shards plus "
+                    "manifest.json (format: records/README.md).",
         epilog="Input layouts: flat, the prototype's (X.JPG with mask X_label.jpg), or images/X.jpg with "
                "masks/X.png or masks/X_label.png; extensions .jpg/.jpeg/.png in any case. Other files are "
                "ignored and listed. "
@@ -280,8 +285,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="input folder (default: the synthetic sample data/sample, written first if missing)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
                         help="output folder (default: records/ in the repository)")
-    parser.add_argument("--size", type=int, nargs="+", default=[256], metavar="N",
-                        help="resized size: N for NxN, or HEIGHT WIDTH (default: 256)")
+    parser.add_argument("--size", type=int, nargs="+", default=None, metavar="N",
+                        help=f"squash mode: every photo resized to N x N, or HEIGHT x WIDTH, whatever its aspect "
+                             f"ratio (default: {DEFAULT_SIZE}; train on it whole, or with --crop)")
+    parser.add_argument("--scale", type=float, default=None, metavar="F",
+                        help="scale mode: every photo resized by F (0 < F <= 1) with its aspect ratio kept, so "
+                             "stones keep their shape and detail; records differ in size (train with --crop). "
+                             "1/2, 1/4 and 1/8 need only libjpeg's reduced decode")
     parser.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
                         help="share of photos for validation (default: %(default)s)")
     parser.add_argument("--test-fraction", type=float, default=0.0, metavar="F",
@@ -295,7 +305,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave bad pairs out (listed, and in the manifest's 'skipped') instead of stopping")
     args = parser.parse_args(argv)
-    if len(args.size) > 2 or min(args.size) < 1:
+    if args.size is not None and args.scale is not None:
+        parser.error("--size (squash) and --scale (aspect ratio kept) are two modes; give one of them")
+    if args.scale is not None and not 0 < args.scale <= 1:
+        parser.error(f"--scale {args.scale:g} must be in (0, 1]: records are never larger than the photos")
+    if args.size is not None and (len(args.size) > 2 or min(args.size) < 1):
         parser.error("--size takes one or two positive integers")
     if not (0 <= args.val_fraction < 1 and 0 <= args.test_fraction < 1
             and args.val_fraction + args.test_fraction < 1):
@@ -326,13 +340,19 @@ def build_options(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the tool; returns the exit status (0 done, 1 bad input or records in the way)."""
     args = parse_args(argv)
-    size = (args.size[0], args.size[-1])
+    if args.scale is not None:
+        size, described = io.Scale(args.scale), f"scale {args.scale:g} (aspect ratio kept)"
+    else:
+        size = (args.size[0], args.size[-1]) if args.size else (DEFAULT_SIZE, DEFAULT_SIZE)
+        described = f"{size[0]}x{size[1]} (squash)"
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} is a file, not a folder")
     in_the_way = existing_records(args.out)
     if in_the_way and not args.overwrite:
-        raise InputError(f"{args.out} already holds records ({', '.join(p.name for p in in_the_way[:3])}"
-                         f"{', ...' if len(in_the_way) > 3 else ''}); pass --overwrite to replace them")
+        # --overwrite replaces the whole set, so one folder never holds records of two modes.
+        raise InputError(f"{args.out} already holds {_describe_existing(args.out)}records "
+                         f"({', '.join(p.name for p in in_the_way[:3])}{', ...' if len(in_the_way) > 3 else ''}); "
+                         "pass --overwrite to replace them")
     data = args.data if args.data is not None else _default_sample()
     inventory = find_pairs(data)  # FileNotFoundError, NotADirectoryError
     if not inventory.pairs and not inventory.problems:
@@ -341,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()  # after any sample writing: the summary times the build alone
     workers = min(args.workers, max(1, len(inventory.pairs)))
-    print(f"Decoding {len(inventory.pairs)} photo/mask pair(s) from {data} at {size[0]}x{size[1]} "
+    print(f"Decoding {len(inventory.pairs)} photo/mask pair(s) from {data} at {described} "
           f"in {workers} process(es)")
     results = decode_all(data, inventory.pairs, size, workers)
     examples = [result for result in results if isinstance(result, Example)]
@@ -374,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
         }
     manifest = {
         "format_version": FORMAT_VERSION,
-        "image_size": list(size),
+        "mode": "scale" if args.scale is not None else "squash",
+        "scale": args.scale,
+        "image_size": None if args.scale is not None else list(size),
         "compression": "GZIP" if args.gzip else None,
         "seed": args.seed,
         "val_fraction": args.val_fraction,
@@ -400,6 +422,14 @@ def _default_sample() -> Path:
 
         write_sample(DEFAULT_DATA)
     return DEFAULT_DATA
+
+
+def _describe_existing(out: Path) -> str:
+    """"squash 256x256 " or "scale 0.5 " for the records in `out`; "" when its manifest cannot say."""
+    try:
+        return records.describe(records.load_manifest(out)) + " "
+    except InputError:
+        return ""
 
 
 def _listing(label: str, names: list[str]) -> str:
