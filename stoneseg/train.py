@@ -30,6 +30,7 @@ from stoneseg.records import MANIFEST
 PROG = "train"
 BACKUP = "backup"
 PROTOTYPE_EPOCH_IMAGES = 240
+DEFAULT_SCALE_CROP = 256
 NOT_RUN_ARGUMENTS = ("run_dir", "skip_hash")  # a run resumed with other values is still the same run
 PACKAGES = ("stoneseg", "tensorflow", "keras", "numpy", "opencv-python-headless", "scikit-learn")
 
@@ -73,7 +74,8 @@ def parse_args(argv=None):
         metavar="N",
         help="train on a random NxN crop of every record (a multiple of 32), drawn each step on the training "
         "device; records smaller than N are padded and the padding counts in no loss or metric; validation "
-        "scores whole records. Needed for scale records (build_records --scale); default: squash records whole",
+        f"scores whole records. Default: {DEFAULT_SCALE_CROP} for scale records (the prototype's input size, so a "
+        "step costs what a squash-256 step does), whole records for squash records",
     )
     parser.add_argument("--mixed-precision", action="store_true", help="float16 (bfloat16 on TPU) compute")
     parser.add_argument(
@@ -100,6 +102,14 @@ def parse_args(argv=None):
     return args
 
 
+def training_crop(crop, manifest):
+    """The crop side to train on: `crop` if given; DEFAULT_SCALE_CROP for scale records, whose sizes differ;
+    None (whole records) for squash records."""
+    if crop is None and manifest["mode"] == "scale":
+        return DEFAULT_SCALE_CROP
+    return crop
+
+
 @cli.command(PROG)
 def main(argv=None):
     started = time.time()
@@ -113,9 +123,7 @@ def main(argv=None):
     if not records.split_size(manifest, "train") or not records.split_size(manifest, "val"):
         raise InputError(f"{args.records / MANIFEST}: training needs a train and a val split (build with "
                          "--val-fraction > 0)")
-    if not squash and args.crop is None:
-        raise InputError(f"the records in {args.records} are {records.describe(manifest)}, each its own size: train "
-                         "on crops of them with --crop N (e.g. --crop 256)")
+    args.crop = training_crop(args.crop, manifest)
     if squash and args.crop is not None and args.crop > min(height, width):
         raise InputError(f"--crop {args.crop} is larger than the records in {args.records} "
                          f"({records.describe(manifest)}); crop at most "

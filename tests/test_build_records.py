@@ -147,13 +147,14 @@ def test_records_round_trip_through_tf_data(tmp_path):
         assert entry["stone_fraction"] == pytest.approx(np.mean(fractions), abs=1e-4)
 
 
-def test_scale_records_keep_each_photos_aspect_ratio(tmp_path):
+@pytest.mark.parametrize("mode_flags", [["--scale", 0.5], []], ids=["--scale 0.5", "the default"])
+def test_scale_records_keep_each_photos_aspect_ratio(tmp_path, mode_flags):
     data = tmp_path / "photos"
     shapes = {"Image00.JPG": (48, 64), "Image01.JPG": (47, 63), "Image02.JPG": (64, 40), "Image03.png": (33, 50)}
     for seed, (name, (height, width)) in enumerate(shapes.items()):
         write_pair(data / name, data / name.replace(".", "_label."), seed=seed, height=height, width=width)
     out = tmp_path / "records"
-    assert build("--data", data, "--out", out, "--scale", 0.5, "--val-fraction", 0.5, "--workers", 1) == 0
+    assert build("--data", data, "--out", out, *mode_flags, "--val-fraction", 0.5, "--workers", 1) == 0
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["format_version"], manifest["mode"], manifest["scale"]) == (FORMAT_VERSION, "scale", 0.5)

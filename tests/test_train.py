@@ -19,7 +19,7 @@ from stoneseg import distribute
 import stoneseg.model  # noqa: F401  registers PhotoScale, which best.keras holds
 from stoneseg.callbacks import read_history
 from stoneseg.model import model_scale
-from stoneseg.train import _run_arguments, find_run_dir, main, parse_args
+from stoneseg.train import _run_arguments, find_run_dir, main, parse_args, training_crop
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "2", "--val-images", "2"]
@@ -221,6 +221,12 @@ def test_a_crop_that_is_not_a_positive_multiple_of_32_is_refused(crop, capsys):
         "image 5 times)")
 
 
+@pytest.mark.parametrize("mode, crop, expected", [
+    ("scale", None, 256), ("scale", 64, 64), ("squash", None, None), ("squash", 32, 32)])
+def test_scale_records_train_on_256_crops_unless_told_otherwise(mode, crop, expected):
+    assert training_crop(crop, {"mode": mode}) == expected
+
+
 @pytest.fixture(scope="module")
 def mixed_records(tiny_records, tmp_path_factory):
     """tiny_records' squash shards under a manifest that says scale 0.5: a folder mixing two builds."""
@@ -233,7 +239,6 @@ def mixed_records(tiny_records, tmp_path_factory):
 
 @pytest.mark.parametrize("records, flags, problem", [
     ("tiny", ["--crop", "96"], "--crop 96 is larger than the records in {records} (squash 64x64); crop at most 64"),
-    ("scale", [], "the records in {records} are scale 0.5, each its own size: train on crops of them with --crop N"),
     ("scale", ["--crop", "32", "--image-size", "64"], "--image-size 64: the records in {records} are scale 0.5"),
     ("mixed", ["--crop", "32"], "{records}/train-00000-of-00008.tfrecord: record of "),
 ])

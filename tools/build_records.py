@@ -42,7 +42,10 @@ PROG = "build_records"
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "data" / "sample"
 DEFAULT_OUT = REPO / "records"
-DEFAULT_SIZE = 256
+# The default mode: photos resized by half, aspect kept. On stones20 a 0.5 round trip of the true masks keeps
+# 5,740 of 6,235 stones (squash 256: 1,635), and a model trained on 0.5 records with 256 crops matched the
+# squash-256 model's pixel IoU on the test photos while recovering far more stones (README).
+DEFAULT_SCALE = 0.5
 SHARD_FILE = re.compile(r".+\.tfrecord(\.gz)?")
 STAGING_PREFIX = ".staging-"
 MIN_TRAIN_SHARDS = 8  # so a multi-worker job can shard the training set by file
@@ -286,12 +289,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
                         help="output folder (default: records/ in the repository)")
     parser.add_argument("--size", type=int, nargs="+", default=None, metavar="N",
-                        help=f"squash mode: every photo resized to N x N, or HEIGHT x WIDTH, whatever its aspect "
-                             f"ratio (default: {DEFAULT_SIZE}; train on it whole, or with --crop)")
+                        help="squash mode, the prototype's (--size 256): every photo resized to N x N, or HEIGHT x "
+                             "WIDTH, whatever its aspect ratio; train on it whole, or with --crop")
     parser.add_argument("--scale", type=float, default=None, metavar="F",
-                        help="scale mode: every photo resized by F (0 < F <= 1) with its aspect ratio kept, so "
-                             "stones keep their shape and detail; records differ in size (train with --crop). "
-                             "1/2, 1/4 and 1/8 need only libjpeg's reduced decode")
+                        help=f"scale mode (the default, F = {DEFAULT_SCALE} without --size or --scale): every photo "
+                             "resized by F (0 < F <= 1) with its aspect ratio kept, so stones keep their shape and "
+                             "detail; records differ in size (train trains on crops of them). 1/2, 1/4 and 1/8 need "
+                             "only libjpeg's reduced decode")
     parser.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
                         help="share of photos for validation (default: %(default)s)")
     parser.add_argument("--test-fraction", type=float, default=0.0, metavar="F",
@@ -305,6 +309,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave bad pairs out (listed, and in the manifest's 'skipped') instead of stopping")
     args = parser.parse_args(argv)
+    if args.size is None and args.scale is None:
+        args.scale = DEFAULT_SCALE
     if args.size is not None and args.scale is not None:
         parser.error("--size (squash) and --scale (aspect ratio kept) are two modes; give one of them")
     if args.scale is not None and not 0 < args.scale <= 1:
@@ -343,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scale is not None:
         size, described = io.Scale(args.scale), f"scale {args.scale:g} (aspect ratio kept)"
     else:
-        size = (args.size[0], args.size[-1]) if args.size else (DEFAULT_SIZE, DEFAULT_SIZE)
+        size = (args.size[0], args.size[-1])
         described = f"{size[0]}x{size[1]} (squash)"
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} is a file, not a folder")
