@@ -55,7 +55,11 @@ class ValidationImages(keras.callbacks.Callback):
         self.threshold = threshold
 
     def on_epoch_end(self, epoch, logs=None):
-        probabilities = keras.ops.convert_to_numpy(self.model(self.images, training=False))
+        # One photo at a time: whole scale records can be large, and a batch of them would need the
+        # network's activations for all of them at once.
+        probabilities = np.concatenate(
+            [keras.ops.convert_to_numpy(self.model(image[None], training=False)) for image in self.images]
+        )
         predicted = (probabilities >= self.threshold).astype(np.uint8)
         panels = np.concatenate([self.images, _as_rgb(self.masks), _as_rgb(predicted)], axis=2)
         with self.writer.as_default():

@@ -106,7 +106,9 @@ class SegmentationTrainer(keras.Model):
                 )
                 break
         if self.crop is not None and data_batch is not None and len(data_batch) == 3 and len(data_batch[2].shape) == 2:
-            data_batch = self.crop(*data_batch)  # build on what the network trains on: crops, not padded records
+            # Build on what the network trains on: crops, not padded records (int weights, as the metrics get).
+            images, masks, weights = self.crop(*data_batch)
+            data_batch = images, masks, ops.cast(weights, "int32")
         super()._maybe_symbolic_build(data_batch=data_batch)
 
     def _reducible_logs(self, logs):

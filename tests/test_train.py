@@ -201,9 +201,10 @@ def scale_records(tiny_photos, tmp_path_factory):
 
 def test_scale_records_train_on_crops_into_a_model_that_carries_its_scale(scale_records, tmp_path):
     run_dir = tmp_path / "run"
-    stdout, _ = run_train(scale_records, run_dir, "--crop", "32", "--epochs", "1", "--steps-per-epoch", "1",
-                          "--batch-size", "2", "--val-images", "2")
-    assert "records scale 0.5, random 32x32 crops" in stdout
+    # Mirrored: Keras then builds the network from the first batch, which must be a crop, not a padded record.
+    stdout, stderr = run_train(scale_records, run_dir, "--strategy", "mirrored", "--crop", "32", "--epochs", "1",
+                               "--steps-per-epoch", "1", "--batch-size", "2", "--val-images", "2")
+    assert "records scale 0.5, random 32x32 crops" in stdout and stderr == ""
     model = keras.models.load_model(run_dir / "best.keras", safe_mode=True)
     assert model.input_shape == (None, None, None, 3) and model_scale(model) == 0.5
     config = json.loads((run_dir / "config.json").read_text())
