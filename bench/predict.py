@@ -8,7 +8,9 @@ resnet18-UNet at 256x256 (random weights: the timing does not depend on them):
     model step (a batch of --batch-size, per photo), and finishing (bilinear upsample to 3456x4806,
     threshold, stone count, PNG encode and atomic write); medians over the photos;
 (2) end to end: stoneseg.predict's pipeline on the photos, where decoding and writing overlap the
-    model (the model loaded beforehand, as it is once per run); the median of --repeats runs.
+    model (the model loaded beforehand, as it is once per run); the median of --repeats runs, without
+    and with --overlay;
+(3) the same with masks and overlays on the 20 stones20 photos (512 to 2000 px), when they are there.
 Target: decode takes less than the model step. --tile also times one photo in 512x512 tiles.
 """
 
@@ -24,11 +26,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from bench.machine import describe  # noqa: E402
 from stoneseg import io, predict  # noqa: E402
 from stoneseg.model import build_unet  # noqa: E402
 from tools.make_sample import write_sample  # noqa: E402
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "bench-sample"
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "bench-sample"
+STONES20 = REPO.parent / "shared" / "data" / "stones20"
 SIZE = 256
 
 
@@ -41,6 +46,19 @@ def seconds(run) -> float:
 def quietly(run):
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         return run()
+
+
+def end_to_end(model, model_path: Path, photos: list[Path], scratch: Path, batch_size: int, repeats: int,
+               overlay: bool) -> list[float]:
+    """Seconds of `repeats` runs of stoneseg.predict's pipeline over `photos` (after one untimed run)."""
+    times = []
+    for repeat in range(repeats + 1):  # the first run traces the predict function: not counted
+        out = scratch / f"out-{'overlay-' if overlay else ''}{len(photos)}-{repeat}"
+        options = predict.parse_args([str(model_path), *map(str, photos), "--out", str(out),
+                                      "--batch-size", str(batch_size)] + (["--overlay"] if overlay else []))
+        out.mkdir()
+        times.append(seconds(lambda: quietly(lambda: predict.Run(model, options, photos).predict())))
+    return times[1:]
 
 
 def main() -> None:
@@ -59,8 +77,9 @@ def main() -> None:
         photo.read_bytes()  # warm the page cache
     model = build_unet((SIZE, SIZE, 3))
     height, width = io.read_photo(photos[0], SIZE)[1]
+    print(describe())
     print(f"{len(photos)} photos of {width}x{height} (width x height) from {SAMPLE}; resnet18-UNet {SIZE}x{SIZE}; batch "
-          f"{args.batch_size}; {len(os.sched_getaffinity(0))} cores; load average {os.getloadavg()[0]:.1f}")
+          f"{args.batch_size}")
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -80,15 +99,9 @@ def main() -> None:
         model_path = scratch / "unet.keras"
         model.save(model_path)
         loaded = predict.load_model(model_path)
-        end_to_end = []
-        for repeat in range(args.repeats + 1):  # the first run traces the predict function: not counted
-            out = scratch / f"out-{repeat}"
-            options = predict.parse_args([str(model_path), *map(str, photos), "--out", str(out),
-                                          "--batch-size", str(args.batch_size)])
-            out.mkdir()
-            elapsed = seconds(lambda: quietly(lambda: predict.Run(loaded, options, photos).predict()))
-            end_to_end.append(elapsed / len(photos))
-        end_to_end = end_to_end[1:]
+        runs = {overlay: [elapsed / len(photos) for elapsed in end_to_end(
+                    loaded, model_path, photos, scratch, args.batch_size, args.repeats, overlay)]
+                for overlay in (False, True)}
 
         decode, step, finish = (statistics.median(times) for times in (decode_times, model_times, finish_times))
         total = decode + step + finish
@@ -98,9 +111,18 @@ def main() -> None:
         print(f"  upsample + threshold + count + PNG write  {finish:7.3f} s  ({finish / total:.0%})")
         print(f"  sum of the stages                         {total:7.3f} s")
         print(f"end to end, stoneseg.predict's pipeline, stages overlapping (model loaded; median of {args.repeats} "
-              f"runs): {statistics.median(end_to_end):.3f} s/photo  (runs: {', '.join(f'{t:.3f}' for t in end_to_end)})")
+              "runs):")
+        for overlay, times in runs.items():
+            print(f"  masks{' and overlays' if overlay else '             '}  {statistics.median(times):.3f} s/photo  "
+                  f"(runs: {', '.join(f'{t:.3f}' for t in times)})")
         print(f"decode / model step = {decode / step:.2f}  (target: below 1)  "
               f"load average now {os.getloadavg()[0]:.1f}")
+
+        if STONES20.is_dir():
+            real = predict.find_photos([STONES20])
+            times = end_to_end(loaded, model_path, real, scratch, args.batch_size, args.repeats, overlay=True)
+            print(f"stones20, {len(real)} photos of 512 to 2000 px, masks and overlays, end to end (model loaded; median "
+                  f"of {args.repeats} runs): {statistics.median(times):.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times)})")
 
         if args.tile:
             tiled = predict.tile_model(model, predict.DEFAULT_TILE)
