@@ -15,6 +15,8 @@ from stoneseg.records import FEATURES, MANIFEST, load_manifest, split_size
 _FEATURE_SPEC = {name: tf.io.FixedLenFeature([], tf.string if kind == "bytes" else tf.int64)
                  for name, kind in FEATURES.items()}
 _MAX_SHUFFLE_BUFFER = 4096
+# Shards read at the same time; more gains nothing once the reads keep the parse stage busy.
+MAX_PARALLEL_SHARD_READS = 16
 
 
 def read_examples(records_dir, split):
@@ -40,7 +42,7 @@ def read_examples(records_dir, split):
     files = tf.data.Dataset.from_tensor_slices(shards)
     records = files.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type=manifest.get("compression") or ""),
-        cycle_length=min(len(shards), 16),
+        cycle_length=min(len(shards), MAX_PARALLEL_SHARD_READS),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )

@@ -4,8 +4,8 @@ Per photo: IoU, Dice, precision and recall of the stone class at the threshold; 
 mean, and the pooled scores of all pixels together. With --records the masks are the records' own,
 at the model's resolution. With --data the photos are read by stoneseg.io exactly as prediction reads
 them and scored twice: at the model's resolution against the mask resized as the record builder
-resizes it, and at the photo's original size against the original mask (thresholded at 127), with the
-probabilities upsampled as `stoneseg.predict` upsamples them.
+resizes it, and at the photo's original size against the original mask (thresholded at
+io.MASK_THRESHOLD), with the probabilities upsampled as `stoneseg.predict` upsamples them.
 
 The report folder holds metrics.json, per_image.csv and worst.png, a contact sheet of the photos with
 the lowest IoU. Scores with a zero denominator are 1.0 (see `scores`).
@@ -52,6 +52,8 @@ CONVENTIONS = ("A score whose denominator is 0 is 1.0 (nothing to find and nothi
                "Dice and recall 0, precision 1. Pooled scores use the summed pixel counts of all photos.")
 SHEET = "worst.png"
 SHEET_ROW_HEIGHT = 200
+SHEET_TEXT_HEIGHT = 30  # the title, the legend and each photo's label are strips of text this high
+SHEET_TEXT_WIDTH = 900  # the title and the legend are this wide (the sheet is at least as wide)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -138,8 +140,9 @@ def contact_sheet(worst: list[tuple], title: str) -> np.ndarray:
     Panels are shown at the photo's own aspect ratio. In the prediction, white is stone found, red a
     false stone and blue a missed stone.
     """
-    rows = [_sheet_text(title, 900), _sheet_text("photo | true mask | prediction: white = stone found, "
-                                                 "red = false stone, blue = missed stone", 900)]
+    rows = [_sheet_text(title, SHEET_TEXT_WIDTH),
+            _sheet_text("photo | true mask | prediction: white = stone found, red = false stone, blue = missed stone",
+                        SHEET_TEXT_WIDTH)]
     for score, image, truth, predicted in worst:
         height = SHEET_ROW_HEIGHT
         width = int(np.clip(round(height * score.width / score.height), height // 2, 3 * height))
@@ -162,7 +165,7 @@ def contact_sheet(worst: list[tuple], title: str) -> np.ndarray:
 
 
 def _sheet_text(text: str, width: int) -> np.ndarray:
-    strip = np.full((30, width, 3), 255, np.uint8)
+    strip = np.full((SHEET_TEXT_HEIGHT, width, 3), 255, np.uint8)
     cv2.putText(strip, text, (4, 21), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     return strip
 
@@ -233,12 +236,13 @@ def score_folder(model: keras.Model, data: Path, pairs: list, threshold: float, 
 
 def _decode_pair(data: Path, pair, size: tuple[int, int]):
     """(photo, mask, original size) at the model's size, as the record builder makes them, and the mask
-    at its original size (thresholded at 127). The mask is decoded twice on purpose: the model-size
+    at its original size. The mask file is read once but decoded twice, on purpose: the model-size
     truth must come from the records' reduced decode."""
     image, original = io.read_photo(data / pair.photo, size)
-    truth, mask_size = io.read_mask(data / pair.mask, size)
+    mask_file = io.read_bytes(data / pair.mask)
+    truth, mask_size = io.decode_mask(mask_file, size, str(data / pair.mask))
     io.check_same_size(pair.photo, original, pair.mask, mask_size)
-    full_truth, _ = io.read_mask(data / pair.mask, original)
+    full_truth, _ = io.decode_mask(mask_file, original, str(data / pair.mask))
     return image, truth, original, full_truth
 
 

@@ -61,6 +61,8 @@ _REDUCED_GREY = {8: cv2.IMREAD_REDUCED_GRAYSCALE_8, 4: cv2.IMREAD_REDUCED_GRAYSC
 MASK_ODD_PIXEL_LIMIT = 0.02
 _FAR_FROM_BLACK_AND_WHITE = (65, 190)
 _COLOUR_SPREAD = 64
+# A resized mask pixel is stone when its grey level is above this (255 = stone, 0 = background).
+MASK_THRESHOLD = 127
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _SOS, _EOI, _APP1 = 0xDA, 0xD9, 0xE1
@@ -82,17 +84,17 @@ class ImageError(ValueError):
 def read_photo(path: str | Path, size: Size) -> tuple[np.ndarray, tuple[int, int]]:
     """Photo resized to `size` (a fixed size, or a Scale of its own), RGB uint8 (H, W, 3), and its
     original EXIF-oriented (height, width)."""
-    return decode_photo(_read_bytes(path), size, str(path))
+    return decode_photo(read_bytes(path), size, str(path))
 
 
 def read_mask(path: str | Path, size: Size) -> tuple[np.ndarray, tuple[int, int]]:
     """Mask resized to `size`, uint8 (H, W) of exactly {0, 1}, and its original oriented (height, width)."""
-    return decode_mask(_read_bytes(path), size, str(path))
+    return decode_mask(read_bytes(path), size, str(path))
 
 
 def read_photo_full(path: str | Path) -> np.ndarray:
     """Photo at full resolution, RGB uint8 (H, W, 3), EXIF-oriented."""
-    image, _, _ = _decode(_read_bytes(path), str(path), None)
+    image, _, _ = _decode(read_bytes(path), str(path), None)
     return _to_rgb(image)
 
 
@@ -115,7 +117,7 @@ def decode_mask(data: bytes, size: Size, name: str) -> tuple[np.ndarray, tuple[i
     if stray_grey > MASK_ODD_PIXEL_LIMIT:
         raise ImageError(name, f"mask is not black/white: {stray_grey:.0%} of its pixels are mid-grey "
                                "away from any stone edge")
-    return (_resize(image, target) > 127).astype(np.uint8), original
+    return (_resize(image, target) > MASK_THRESHOLD).astype(np.uint8), original
 
 
 def check_same_size(photo: str, photo_size: tuple[int, int], mask: str, mask_size: tuple[int, int]) -> None:
@@ -172,7 +174,8 @@ class _JpegHeader:
         return (self.width, self.height) if transposed else (self.height, self.width)
 
 
-def _read_bytes(path: str | Path) -> bytes:
+def read_bytes(path: str | Path) -> bytes:
+    """The file's bytes; an unreadable file raises ImageError naming it."""
     try:
         return Path(path).read_bytes()
     except OSError as error:

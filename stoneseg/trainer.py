@@ -23,7 +23,6 @@ class SegmentationTrainer(keras.Model):
         super().__init__(**kwargs)
         self.network = network
         self.augmentation = augmentation
-        self.jit_network = jit_network
         self._gradients = tf.function(self._forward_backward, jit_compile=True) if jit_network else self._forward_backward
 
     def build(self, input_shape):

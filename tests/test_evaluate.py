@@ -148,7 +148,8 @@ def test_records_report_agrees_with_numpy_and_with_itself(capsys, tmp_path, unet
     assert f"{model_scores['pooled']['iou']:.4f}" in stdout and "mean of 2 photos" in stdout
 
     sheet = cv2.imread(str(out / "worst.png"))
-    assert sheet.shape[0] == 2 * 30 + 2 * (30 + evaluate.SHEET_ROW_HEIGHT)  # title, legend, 2 labelled rows
+    text = evaluate.SHEET_TEXT_HEIGHT
+    assert sheet.shape[0] == 2 * text + 2 * (text + evaluate.SHEET_ROW_HEIGHT)  # title, legend, 2 labelled rows
     assert [entry["iou"] for entry in metrics["worst"]] == pytest.approx(sorted(float(row["model_iou"]) for row in rows),
                                                                        abs=1e-6)
 
@@ -199,7 +200,8 @@ def test_data_folder_scores_both_resolutions_like_records_and_predict(capsys, tm
             assert float(row[f"original_{name}"]) == pytest.approx(value, abs=1e-6)
 
     sheet = cv2.imread(str(out / "worst.png"))
-    assert sheet.shape[0] == 2 * 30 + 3 * (30 + evaluate.SHEET_ROW_HEIGHT)
+    text = evaluate.SHEET_TEXT_HEIGHT
+    assert sheet.shape[0] == 2 * text + 3 * (text + evaluate.SHEET_ROW_HEIGHT)
     worst_ious = [entry["iou"] for entry in metrics["worst"]]
     assert worst_ious == pytest.approx(sorted(float(row["original_iou"]) for row in rows)[:3], abs=1e-6)
 

@@ -131,7 +131,7 @@ def test_jpeg_mask_ringing_passes_and_thresholds_to_0_1(tmp_path):
     read, original = io.read_mask(tmp_path / "m.jpg", 50)
     assert original == (200, 300) and read.shape == (50, 50)
     assert set(np.unique(read)) == {0, 1}
-    expected = (cv2.resize(mask, (50, 50), interpolation=cv2.INTER_AREA) > 127).astype(np.uint8)
+    expected = (cv2.resize(mask, (50, 50), interpolation=cv2.INTER_AREA) > io.MASK_THRESHOLD).astype(np.uint8)
     assert np.mean(read != expected) < 0.01
 
 

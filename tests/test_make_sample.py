@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from stoneseg.io import MASK_THRESHOLD
 from tools import make_sample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,20 +57,20 @@ def test_mask_files_give_back_the_drawn_masks_exactly(sample):
         _, drawn = make_sample.render_pair(seeds[n - 1], HEIGHT, WIDTH)
         stored = cv2.imread(str(sample / f"Image{n:02d}_label.jpg"), cv2.IMREAD_GRAYSCALE)
         assert set(np.unique(drawn)) == {0, 255}
-        assert np.array_equal((stored > 127) * 255, drawn)
+        assert np.array_equal((stored > MASK_THRESHOLD) * 255, drawn)
         assert np.all((stored < 40) | (stored > 215)), "JPEG error makes the threshold ambiguous"
 
 
 def test_masks_have_a_sensible_stone_fraction(sample):
     for n in range(1, COUNT + 1):
-        stone = cv2.imread(str(sample / f"Image{n:02d}_label.jpg"), cv2.IMREAD_GRAYSCALE) > 127
+        stone = cv2.imread(str(sample / f"Image{n:02d}_label.jpg"), cv2.IMREAD_GRAYSCALE) > MASK_THRESHOLD
         assert 0.2 < stone.mean() < 0.7
 
 
 def test_stones_stand_out_from_the_belt(sample):
     for n in range(1, COUNT + 1):
         photo = cv2.imread(str(sample / f"Image{n:02d}.JPG")).astype(np.float32)
-        stone = cv2.imread(str(sample / f"Image{n:02d}_label.jpg"), cv2.IMREAD_GRAYSCALE) > 127
+        stone = cv2.imread(str(sample / f"Image{n:02d}_label.jpg"), cv2.IMREAD_GRAYSCALE) > MASK_THRESHOLD
         assert photo[stone].mean() - photo[~stone].mean() > 15
 
 
