@@ -19,7 +19,6 @@ import heapq
 import io as bytes_io
 import json
 import os
-import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +33,7 @@ import numpy as np
 
 from stoneseg import cli, io
 from stoneseg.cli import InputError
-from stoneseg.files import publish_folder
+from stoneseg.files import recover, staged_folder
 from stoneseg.pairs import find_pairs
 from stoneseg.predict import check_model_file, decode_ahead, full_size_mask, load_model, model_input_size, run_model
 from stoneseg.records import check_shards, corrupted, load_manifest
@@ -264,18 +263,12 @@ def per_image_csv(photos: list[PhotoScore], resolutions: list[str]) -> bytes:
 def write_report(out: Path, files: dict[str, bytes], overwrite: bool) -> None:
     """Write the report's files into a staging folder beside `out`, then rename it to `out`
     (replacing an existing `out` only with `overwrite`)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     try:
-        for name, data in files.items():
-            (staging / name).write_bytes(data)
-        if out.exists() and not overwrite:
-            raise InputError(f"{out} exists; pass --overwrite to replace it")
-        publish_folder(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with staged_folder(out, overwrite) as folder:
+            for name, data in files.items():
+                (folder / name).write_bytes(data)
+    except FileExistsError:
+        raise InputError(f"{out} exists; pass --overwrite to replace it") from None
 
 
 def default_out(model: Path, records: Path | None, split: str, data: Path | None) -> Path:
@@ -332,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the tool; the exit status is 0 when every photo was scored, 1 otherwise."""
     args = parse_args(argv)
     out = args.out or default_out(args.model, args.records, args.split, args.data)
+    for note in recover(out.parent, out.name):
+        print(f"{PROG}: {note}", file=sys.stderr)
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} exists; pass --overwrite to replace it (or choose another --out)")
     check_model_file(args.model)

@@ -2,6 +2,10 @@
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -10,9 +14,11 @@ import pytest
 import tensorflow as tf
 from jpeg_exif import with_exif_orientation
 
-from stoneseg import io
+from stoneseg import files, io
 from stoneseg.records import FEATURES, FORMAT_VERSION
 from tools import build_records
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Parsed with the format's own feature list: a feature the builder left out fails the parse.
 SPEC = {name: tf.io.FixedLenFeature([], tf.string if kind == "bytes" else tf.int64) for name, kind in FEATURES.items()}
@@ -341,17 +347,38 @@ def test_failure_while_writing_shards_leaves_the_earlier_set_intact(existing_set
 
 def test_failure_at_the_commit_point_restores_the_earlier_set(existing_set, monkeypatch, capsys):
     data, out, before = existing_set
-    real_replace = build_records.os.replace
+    real_replace = os.replace
 
     def replace_but_not_the_new_manifest(source, target):
-        if Path(target) == out / "manifest.json" and Path(source).parent.name.startswith(".staging-"):
+        if Path(target) == out / "manifest.json" and Path(source).parent.name.startswith(".records.staging-"):
             raise OSError("rename failed (injected)")
         real_replace(source, target)
 
-    monkeypatch.setattr(build_records.os, "replace", replace_but_not_the_new_manifest)
+    monkeypatch.setattr(files.os, "replace", replace_but_not_the_new_manifest)
     assert build("--data", data, "--out", out, "--size", 8, "--workers", 1, "--overwrite") == 1
     assert "build_records: error: rename failed (injected)" in capsys.readouterr().err
     assert snapshot(out) == before
+
+
+def test_a_run_killed_while_swapping_records_leaves_the_next_run_the_old_set(existing_set, capsys):
+    """SIGKILL in the middle of the swap: the old set moved aside into the staging folder, one new shard
+    in `out`, no manifest. The next run puts the old set back byte for byte, then refuses to replace it
+    without --overwrite. (tests/test_files.py kills the same mechanism before every rename.)"""
+    data, out, before = existing_set
+    old_files = len(before) - 1  # all but README.md
+    env = dict(os.environ, **{files.KILL_BEFORE_RENAME: str(old_files + 1)})
+    killed = subprocess.run([sys.executable, "-m", "tools.build_records", "--data", str(data), "--out", str(out),
+                             "--size", "8", "--workers", "1", "--overwrite"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (out / "manifest.json").exists()
+    staging, = [path for path in out.iterdir() if path.name.startswith(".records.staging-")]
+    assert sorted(path.name for path in (staging / files.REPLACED).iterdir()) == sorted(set(before) - {"README.md"})
+
+    assert build("--data", data, "--out", out, "--size", 8, "--workers", 1) == 1
+    error = capsys.readouterr().err
+    assert "put back what it had moved aside" in error and "already holds records" in error
+    assert snapshot(out) == before  # byte for byte, and no staging folder left
 
 
 def test_interrupted_first_run_leaves_no_output_folder(tmp_path, monkeypatch):
@@ -366,10 +393,10 @@ def test_interrupted_first_run_leaves_no_output_folder(tmp_path, monkeypatch):
     assert not (tmp_path / "new" / "records").exists()
 
 
-def test_staging_left_by_a_killed_run_is_removed(tmp_path):
+def test_staging_left_by_a_killed_run_before_its_swap_is_removed(tmp_path):
     data = flat_folder(tmp_path / "photos", 2)
     out = tmp_path / "records"
-    abandoned = out / ".staging-999999999-abc"  # no such process
+    abandoned = out / ".records.staging-999999999-abc"  # no process holds its lock
     abandoned.mkdir(parents=True)
     (abandoned / "train-00000-of-00001.tfrecord").write_bytes(b"half")
     assert build("--data", data, "--out", out, "--size", 8, "--workers", 1) == 0

@@ -4,12 +4,14 @@ import csv
 import json
 import math
 import shutil
+import signal
 
 import cv2
 import keras
 import numpy as np
 import pytest
 from keras import layers
+from killed_publish import publish_in_a_process
 
 from stoneseg import evaluate, io
 from stoneseg.data import load_manifest, make_dataset
@@ -245,3 +247,18 @@ def test_empty_predictions_and_photos_without_stones(capsys, tmp_path, never_sto
         assert metrics["scores"][resolution]["mean"] == dict.fromkeys(evaluate.SCORES, 1.0)
         assert metrics["scores"][resolution]["pooled"] == dict.fromkeys(evaluate.SCORES, 1.0)
     assert all(not math.isnan(float(value)) for row in rows for key, value in row.items() if key != "file")
+
+
+def test_a_report_replacement_killed_midway_is_put_back_by_the_next_run(capsys, tmp_path, unet64, tiny_records):
+    """A run SIGKILLed after moving the earlier report aside, before renaming its own into place: the
+    next run puts the earlier report back (and then refuses to replace it without --overwrite)."""
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "metrics.json").write_text("earlier report")
+    assert publish_in_a_process("folder", out, kill_before_rename=1) == -signal.SIGKILL
+    assert not out.exists()
+    status, _, stderr = run(capsys, unet64, "--records", tiny_records, "--out", out)
+    assert status == 1 and "put back what it had moved aside" in stderr and f"{out} exists" in stderr
+    assert [path.name for path in out.iterdir()] == ["metrics.json"]
+    assert (out / "metrics.json").read_text() == "earlier report"
+    assert [path.name for path in tmp_path.iterdir()] == ["report"]
