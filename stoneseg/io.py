@@ -7,6 +7,7 @@ target size; other formats are decoded at full size and area-resized.
 
 import math
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,7 +271,7 @@ def _read_jpeg_header(data: bytes, name: str) -> _JpegHeader:
             _, height, width, channels = struct.unpack(">BHHB", segment[:6])
             frame = (height, width, channels)
         elif marker == _APP1 and segment.startswith(b"Exif\x00\x00") and orientation == 1:
-            orientation = _exif_orientation(segment[6:])
+            orientation = _exif_orientation(segment[6:], name)
         position += 2 + length
     if frame is None or min(frame) == 0:
         raise ImageError(name, "corrupt JPEG header (no usable frame size)")
@@ -279,8 +280,13 @@ def _read_jpeg_header(data: bytes, name: str) -> _JpegHeader:
     return _JpegHeader(*frame, orientation=orientation)
 
 
-def _exif_orientation(tiff: bytes) -> int:
-    """Orientation tag (1..8) from IFD0 of an EXIF TIFF block; 1 if absent or unreadable."""
+def _exif_orientation(tiff: bytes, name: str) -> int:
+    """Orientation tag (1..8) from IFD0 of an EXIF TIFF block; 1 if absent or unreadable.
+
+    A block that ends before its directory does is corrupt: the file is still a usable picture (OpenCV
+    finds no orientation in it either, and the size check in _decode catches any disagreement), so it
+    is read as stored, with a warning on stderr naming it, since its pixels may be turned.
+    """
     order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
     if order is None:
         return 1
@@ -292,7 +298,8 @@ def _exif_orientation(tiff: bytes) -> int:
             if tag == _EXIF_ORIENTATION_TAG:
                 return value if 1 <= value <= 8 else 1
     except struct.error:
-        pass
+        print(f"warning: {name}: corrupt EXIF block (it ends inside its first directory); EXIF orientation "
+              "ignored, the picture is used as stored", file=sys.stderr)
     return 1
 
 
