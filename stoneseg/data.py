@@ -68,9 +68,14 @@ def make_dataset(records_dir, split, batch_size, training, seed=0, num_workers=1
     return dataset.with_options(_sharding_options(num_shards, num_workers))
 
 
+def shard_by(num_shards, num_workers):
+    """How a split is divided among workers: "file" when every worker gets a shard file, else "record"."""
+    return "file" if num_shards >= num_workers else "record"
+
+
 def _sharding_options(num_shards, num_workers):
-    """Shard by file across workers when every worker gets a file, else by record."""
     options = tf.data.Options()
     policy = tf.data.experimental.AutoShardPolicy
-    options.experimental_distribute.auto_shard_policy = policy.FILE if num_shards >= num_workers else policy.DATA
+    by = shard_by(num_shards, num_workers)
+    options.experimental_distribute.auto_shard_policy = policy.FILE if by == "file" else policy.DATA
     return options
