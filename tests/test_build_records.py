@@ -15,6 +15,7 @@ import tensorflow as tf
 from jpeg_exif import with_exif_orientation
 
 from stoneseg import files, io
+from stoneseg.pairs import find_pairs
 from stoneseg.records import FEATURES, FORMAT_VERSION
 from tools import build_records
 
@@ -90,6 +91,16 @@ def test_split_is_by_source_disjoint_complete_and_deterministic():
     assert sorted(assigned) == names  # every photo in exactly one split
     assert build_records.split_sources(names, 0.2, 0.1, seed=42) == splits
     assert build_records.split_sources(names, 0.2, 0.1, seed=7)["val"] != splits["val"]
+
+
+def test_the_stones20_split_quoted_in_the_readme(stones20):
+    """README: seed 42, --test-fraction 0.15, val 0.2 by default: 13 train, val Image01, 02, 16, 18, test
+    Image06, 09, 12."""
+    names = [pair.photo for pair in find_pairs(stones20).pairs]
+    splits = build_records.split_sources(names, 0.2, 0.15, seed=42)
+    assert len(splits["train"]) == 13
+    assert sorted(splits["val"]) == ["Image01.JPG", "Image02.JPG", "Image16.JPG", "Image18.JPG"]
+    assert sorted(splits["test"]) == ["Image06.JPG", "Image09.JPG", "Image12.JPG"]
 
 
 @pytest.mark.parametrize("count, val, test, expected", [
