@@ -8,7 +8,8 @@ On the sample photos in data/sample (written by tools.make_sample if missing), w
     decode + area resize), the model step (a batch of --batch-size, per photo), and finishing (bilinear
     upsample to 3456x4806, threshold, stone count, PNG encode and atomic write); medians over the photos;
     then end to end: stoneseg.predict's pipeline, where decoding and writing overlap the model (the
-    model loaded beforehand, as it is once per run); the median of --repeats runs.
+    model loaded beforehand, as it is once per run); the median of --repeats runs, without and with
+    --overlay, and with masks and overlays on the 20 stones20 photos (512 to 2000 px) when they are there.
     Target: decode takes less than the model step.
 (2) every kind in --kinds, each in a process of its own so that peaks do not mix: squash256, and scaleF
     (a model of any input size carrying scale F; photos resized by F, whole or tiled as
@@ -34,11 +35,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from bench.machine import describe  # noqa: E402
 from stoneseg import inference, io, predict  # noqa: E402
 from stoneseg.model import build_unet  # noqa: E402
 from tools.make_sample import write_sample  # noqa: E402
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+STONES20 = REPO.parent / "shared" / "data" / "stones20"
 SIZE = 256
 KINDS = "squash256,scale0.25,scale0.5,scale1"
 MB = 2**20
@@ -53,16 +57,6 @@ def seconds(run) -> float:
 def quietly(run):
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         return run()
-
-
-def cpu_summary() -> str:
-    """The CPU model, the flags that matter for TensorFlow on a CPU, and the cores this process may use."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    lines = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    flags = {flag: flag in lines.get("flags\t\t", lines.get("flags", "")).split() for flag in ("avx512_bf16", "amx_tile")}
-    model = lines.get("model name\t", lines.get("model name", "unknown CPU")).strip()
-    return (f"{model}; " + ", ".join(f"{flag} {'yes' if present else 'no'}" for flag, present in flags.items())
-            + f"; {len(os.sched_getaffinity(0))} cores; load average {os.getloadavg()[0]:.1f}")
 
 
 def memory() -> dict[str, float]:
@@ -157,7 +151,7 @@ def main() -> None:
     photos = sorted(path for path in SAMPLE.glob("Image*.JPG"))[:args.photos]
     for photo in photos:
         photo.read_bytes()  # warm the page cache
-    print(cpu_summary())
+    print(describe())
     if args.stages:
         time_squash_stages(photos, args.batch_size, args.repeats)
     kinds = [kind for kind in args.kinds.split(",") if kind]
@@ -190,16 +184,9 @@ def time_squash_stages(photos: list[Path], batch_size: int, repeats: int) -> Non
         model_path = scratch / "unet.keras"
         model.save(model_path)
         loaded = inference.load_model(model_path)
-        end_to_end = []
-        for repeat in range(repeats + 1):  # the first run traces the predict function: not counted
-            out = scratch / f"out-{repeat}"
-            options = predict.parse_args([str(model_path), *map(str, photos), "--out", str(out),
-                                          "--batch-size", str(batch_size)])
-            out.mkdir()
-            run = predict.Run(predict.inference_for(loaded, options), options, photos)
-            elapsed = seconds(lambda: quietly(run.predict))
-            end_to_end.append(elapsed / len(photos))
-        end_to_end = end_to_end[1:]
+        runs = {overlay: [elapsed / len(photos) for elapsed in end_to_end(
+                    loaded, model_path, photos, scratch, batch_size, repeats, overlay)]
+                for overlay in (False, True)}
 
         decode, step, finish = (statistics.median(times) for times in (decode_times, model_times, finish_times))
         total = decode + step + finish
@@ -208,10 +195,32 @@ def time_squash_stages(photos: list[Path], batch_size: int, repeats: int) -> Non
         print(f"  model step                                {step:7.3f} s  ({step / total:.0%})")
         print(f"  upsample + threshold + count + PNG write  {finish:7.3f} s  ({finish / total:.0%})")
         print(f"  sum of the stages                         {total:7.3f} s")
-        print(f"end to end, stoneseg.predict's pipeline, stages overlapping (model loaded; median of {repeats} "
-              f"runs): {statistics.median(end_to_end):.3f} s/photo  (runs: {', '.join(f'{t:.3f}' for t in end_to_end)})")
+        print(f"end to end, stoneseg.predict's pipeline, stages overlapping (model loaded; median of {repeats} runs):")
+        for overlay, times in runs.items():
+            print(f"  masks{' and overlays' if overlay else '             '}  {statistics.median(times):.3f} s/photo  "
+                  f"(runs: {', '.join(f'{t:.3f}' for t in times)})")
         print(f"decode / model step = {decode / step:.2f}  (target: below 1)  "
               f"load average now {os.getloadavg()[0]:.1f}")
+
+        if STONES20.is_dir():
+            real = predict.find_photos([STONES20])
+            times = end_to_end(loaded, model_path, real, scratch, batch_size, repeats, overlay=True)
+            print(f"stones20, {len(real)} photos of 512 to 2000 px, masks and overlays, end to end (model loaded; median "
+                  f"of {repeats} runs): {statistics.median(times):.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times)})")
+
+
+def end_to_end(model, model_path: Path, photos: list[Path], scratch: Path, batch_size: int, repeats: int,
+               overlay: bool) -> list[float]:
+    """Seconds of `repeats` runs of stoneseg.predict's pipeline over `photos` (after one untimed run)."""
+    times = []
+    for repeat in range(repeats + 1):  # the first run traces the predict function: not counted
+        out = scratch / f"out-{'overlay-' if overlay else ''}{len(photos)}-{repeat}"
+        options = predict.parse_args([str(model_path), *map(str, photos), "--out", str(out),
+                                      "--batch-size", str(batch_size)] + (["--overlay"] if overlay else []))
+        out.mkdir()
+        run = predict.Run(predict.inference_for(model, options), options, photos)
+        times.append(seconds(lambda: quietly(run.predict)))
+    return times[1:]
 
 
 if __name__ == "__main__":

@@ -2,22 +2,57 @@
 picks up a resumed run's count from its `history.csv`."""
 
 import csv
+import io
+import json
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from stoneseg.files import write_atomically
+
 
 def read_history(path):
-    """The rows of a CSVLogger file as dicts of floats, one per epoch (the last row wins when a
-    killed run logged an epoch whose backup it did not finish); [] when there is no file."""
+    """The rows of a CSVLogger file as dicts of floats, one per epoch (the last row wins should an
+    epoch appear twice); [] when there is no file."""
     path = Path(path)
     if not path.is_file():
         return []
     with path.open(newline="") as file:
         rows = {int(row["epoch"]): {key: float(value) for key, value in row.items()} for row in csv.DictReader(file)}
     return [rows[epoch] for epoch in sorted(rows)]
+
+
+def backed_up_epochs(backup_dir):
+    """How many epochs the BackupAndRestore backup in `backup_dir` holds (0 when it holds none)."""
+    metadata = Path(backup_dir) / "training_metadata.json"  # BackupAndRestore's own record
+    return int(json.loads(metadata.read_text())["epoch"]) if metadata.is_file() else 0
+
+
+def trim_history(path, epochs):
+    """Keep only the rows of the first `epochs` epochs in the CSVLogger file `path`; return how many
+    rows were dropped.
+
+    CSVLogger writes an epoch's row before BackupAndRestore backs the epoch up, so a run killed between
+    the two has logged an epoch that its resumed run trains again; the resumed run must not take its
+    best value or patience count from that row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with path.open(newline="") as file:
+        reader = csv.DictReader(file)
+        rows = list(reader)
+        fields = reader.fieldnames
+    kept = [row for row in rows if int(row["epoch"]) < epochs]
+    if len(kept) < len(rows):
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept)
+        write_atomically(path, text.getvalue().encode())
+    return len(rows) - len(kept)
 
 
 def best_epoch(history, monitor="val_loss"):
@@ -27,7 +62,9 @@ def best_epoch(history, monitor="val_loss"):
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping whose best value and patience count continue from `history_csv` on resume."""
+    """EarlyStopping whose best value and patience count continue from `history_csv` on resume: the
+    epochs logged there are replayed through EarlyStopping's own rule (min_delta included), so a resumed
+    run stops at the epoch where the uninterrupted run would have stopped."""
 
     def __init__(self, history_csv, **kwargs):
         super().__init__(**kwargs)
@@ -35,12 +72,14 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        history = read_history(self.history_csv)
-        best = best_epoch(history, self.monitor)
-        if best is not None:
-            self.best = best[self.monitor]
-            self.best_epoch = int(best["epoch"])
-            self.wait = int(history[-1]["epoch"]) - self.best_epoch
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        for row in read_history(self.history_csv):  # as on_epoch_end, without the stop
+            if self.monitor not in row:
+                continue
+            self.wait += 1
+            if self._is_improvement(row[self.monitor], self.best):
+                self.best, self.best_epoch, self.wait = row[self.monitor], int(row["epoch"]), 0
 
 
 class ValidationImages(keras.callbacks.Callback):

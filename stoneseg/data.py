@@ -22,6 +22,8 @@ _FEATURE_SPEC = {name: tf.io.FixedLenFeature([], tf.string if kind == "bytes" el
 _SIZE_SPEC = {name: _FEATURE_SPEC[name] for name in ("image/height", "image/width", "source/name", "source/height",
                                                       "source/width")}
 _MAX_SHUFFLE_BUFFER = 4096
+# Shards read at the same time; more gains nothing once the reads keep the parse stage busy.
+MAX_PARALLEL_SHARD_READS = 16
 
 
 def read_examples(records_dir, split):
@@ -66,7 +68,7 @@ def read_examples(records_dir, split):
     files = tf.data.Dataset.from_tensor_slices(shards)
     records = files.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type=compression).map(lambda record: (path, record)),
-        cycle_length=min(len(shards), 16),
+        cycle_length=min(len(shards), MAX_PARALLEL_SHARD_READS),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
@@ -151,9 +153,14 @@ def _check_first_records(manifest_path, manifest, shards, compression):
                 )
 
 
+def shard_by(num_shards, num_workers):
+    """How a split is divided among workers: "file" when every worker gets a shard file, else "record"."""
+    return "file" if num_shards >= num_workers else "record"
+
+
 def _sharding_options(num_shards, num_workers):
-    """Shard by file across workers when every worker gets a file, else by record."""
     options = tf.data.Options()
     policy = tf.data.experimental.AutoShardPolicy
-    options.experimental_distribute.auto_shard_policy = policy.FILE if num_shards >= num_workers else policy.DATA
+    by = shard_by(num_shards, num_workers)
+    options.experimental_distribute.auto_shard_policy = policy.FILE if by == "file" else policy.DATA
     return options

@@ -7,8 +7,8 @@ or tiled. With --records the masks are the records' own, at the records' size: s
 squash model, scale-F records for a model at scale F, each scored whole at its stored size. With --data
 the photos are read by stoneseg.io exactly as prediction reads them and scored twice: at the model's
 working size against the mask resized as the record builder resizes it, and at the photo's original
-size against the original mask (thresholded at 127), with the probabilities upsampled as
-`stoneseg.predict` upsamples them.
+size against the original mask (thresholded at io.MASK_THRESHOLD), with the probabilities upsampled
+as `stoneseg.predict` upsamples them.
 
 The report folder holds metrics.json, per_image.csv and worst.png, a contact sheet of the photos with
 the lowest IoU. Scores with a zero denominator are 1.0 (see `scores`).
@@ -20,8 +20,6 @@ import heapq
 import io as bytes_io
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +33,7 @@ import numpy as np
 
 from stoneseg import cli, io
 from stoneseg.cli import InputError
-from stoneseg.files import publish_folder
+from stoneseg.files import recover, staged_folder
 from stoneseg.inference import Inference, check_model_file, decode_ahead, full_size_mask, load_model
 from stoneseg.pairs import find_pairs
 from stoneseg.records import check_shards, corrupted, load_manifest
@@ -50,6 +48,8 @@ CONVENTIONS = ("A score whose denominator is 0 is 1.0 (nothing to find and nothi
                "Dice and recall 0, precision 1. Pooled scores use the summed pixel counts of all photos.")
 SHEET = "worst.png"
 SHEET_ROW_HEIGHT = 200
+SHEET_TEXT_HEIGHT = 30  # the title, the legend and each photo's label are strips of text this high
+SHEET_TEXT_WIDTH = 900  # the title and the legend are this wide (the sheet is at least as wide)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -142,8 +142,9 @@ def contact_sheet(worst: list[tuple], title: str) -> np.ndarray:
     Panels are shown at the photo's own aspect ratio. In the prediction, white is stone found, red a
     false stone and blue a missed stone.
     """
-    rows = [_sheet_text(title, 900), _sheet_text("photo | true mask | prediction: white = stone found, "
-                                                 "red = false stone, blue = missed stone", 900)]
+    rows = [_sheet_text(title, SHEET_TEXT_WIDTH),
+            _sheet_text("photo | true mask | prediction: white = stone found, red = false stone, blue = missed stone",
+                        SHEET_TEXT_WIDTH)]
     for score, image, truth, predicted in worst:
         height = SHEET_ROW_HEIGHT
         width = int(np.clip(round(height * score.width / score.height), height // 2, 3 * height))
@@ -166,7 +167,7 @@ def contact_sheet(worst: list[tuple], title: str) -> np.ndarray:
 
 
 def _sheet_text(text: str, width: int) -> np.ndarray:
-    strip = np.full((30, width, 3), 255, np.uint8)
+    strip = np.full((SHEET_TEXT_HEIGHT, width, 3), 255, np.uint8)
     cv2.putText(strip, text, (4, 21), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     return strip
 
@@ -258,12 +259,13 @@ def score_folder(inference: Inference, data: Path, pairs: list, threshold: float
 
 def _decode_pair(data: Path, pair, size: io.Size):
     """(photo, mask, original size) at the model's working size, as the record builder makes them, and
-    the mask at its original size (thresholded at 127). The mask is decoded twice on purpose: the
+    the mask at its original size. The mask file is read once but decoded twice, on purpose: the
     working-size truth must come from the records' reduced decode."""
     image, original = io.read_photo(data / pair.photo, size)
-    truth, mask_size = io.read_mask(data / pair.mask, size)
+    mask_file = io.read_bytes(data / pair.mask)
+    truth, mask_size = io.decode_mask(mask_file, size, str(data / pair.mask))
     io.check_same_size(pair.photo, original, pair.mask, mask_size)
-    full_truth, _ = io.read_mask(data / pair.mask, original)
+    full_truth, _ = io.decode_mask(mask_file, original, str(data / pair.mask))
     return image, truth, original, full_truth
 
 
@@ -285,18 +287,12 @@ def per_image_csv(photos: list[PhotoScore], resolutions: list[str]) -> bytes:
 def write_report(out: Path, files: dict[str, bytes], overwrite: bool) -> None:
     """Write the report's files into a staging folder beside `out`, then rename it to `out`
     (replacing an existing `out` only with `overwrite`)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     try:
-        for name, data in files.items():
-            (staging / name).write_bytes(data)
-        if out.exists() and not overwrite:
-            raise InputError(f"{out} exists; pass --overwrite to replace it")
-        publish_folder(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with staged_folder(out, overwrite) as folder:
+            for name, data in files.items():
+                (folder / name).write_bytes(data)
+    except FileExistsError:
+        raise InputError(f"{out} exists; pass --overwrite to replace it") from None
 
 
 def working_size(inference: Inference, records: bool) -> str:
@@ -368,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the tool; the exit status is 0 when every photo was scored, 1 otherwise."""
     args = parse_args(argv)
     out = args.out or default_out(args.model, args.records, args.split, args.data)
+    for note in recover(out.parent, out.name):
+        print(f"{PROG}: {note}", file=sys.stderr)
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} exists; pass --overwrite to replace it (or choose another --out)")
     check_model_file(args.model)

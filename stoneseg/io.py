@@ -7,6 +7,7 @@ target size; other formats are decoded at full size and area-resized.
 
 import math
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,8 @@ _REDUCED_GREY = {8: cv2.IMREAD_REDUCED_GRAYSCALE_8, 4: cv2.IMREAD_REDUCED_GRAYSC
 MASK_ODD_PIXEL_LIMIT = 0.02
 _FAR_FROM_BLACK_AND_WHITE = (65, 190)
 _COLOUR_SPREAD = 64
+# A resized mask pixel is stone when its grey level is above this (255 = stone, 0 = background).
+MASK_THRESHOLD = 127
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _SOS, _EOI, _APP1 = 0xDA, 0xD9, 0xE1
@@ -82,17 +85,17 @@ class ImageError(ValueError):
 def read_photo(path: str | Path, size: Size) -> tuple[np.ndarray, tuple[int, int]]:
     """Photo resized to `size` (a fixed size, or a Scale of its own), RGB uint8 (H, W, 3), and its
     original EXIF-oriented (height, width)."""
-    return decode_photo(_read_bytes(path), size, str(path))
+    return decode_photo(read_bytes(path), size, str(path))
 
 
 def read_mask(path: str | Path, size: Size) -> tuple[np.ndarray, tuple[int, int]]:
     """Mask resized to `size`, uint8 (H, W) of exactly {0, 1}, and its original oriented (height, width)."""
-    return decode_mask(_read_bytes(path), size, str(path))
+    return decode_mask(read_bytes(path), size, str(path))
 
 
 def read_photo_full(path: str | Path) -> np.ndarray:
     """Photo at full resolution, RGB uint8 (H, W, 3), EXIF-oriented."""
-    image, _, _ = _decode(_read_bytes(path), str(path), None)
+    image, _, _ = _decode(read_bytes(path), str(path), None)
     return _to_rgb(image)
 
 
@@ -115,7 +118,7 @@ def decode_mask(data: bytes, size: Size, name: str) -> tuple[np.ndarray, tuple[i
     if stray_grey > MASK_ODD_PIXEL_LIMIT:
         raise ImageError(name, f"mask is not black/white: {stray_grey:.0%} of its pixels are mid-grey "
                                "away from any stone edge")
-    return (_resize(image, target) > 127).astype(np.uint8), original
+    return (_resize(image, target) > MASK_THRESHOLD).astype(np.uint8), original
 
 
 def check_same_size(photo: str, photo_size: tuple[int, int], mask: str, mask_size: tuple[int, int]) -> None:
@@ -172,7 +175,8 @@ class _JpegHeader:
         return (self.width, self.height) if transposed else (self.height, self.width)
 
 
-def _read_bytes(path: str | Path) -> bytes:
+def read_bytes(path: str | Path) -> bytes:
+    """The file's bytes; an unreadable file raises ImageError naming it."""
     try:
         return Path(path).read_bytes()
     except OSError as error:
@@ -267,7 +271,7 @@ def _read_jpeg_header(data: bytes, name: str) -> _JpegHeader:
             _, height, width, channels = struct.unpack(">BHHB", segment[:6])
             frame = (height, width, channels)
         elif marker == _APP1 and segment.startswith(b"Exif\x00\x00") and orientation == 1:
-            orientation = _exif_orientation(segment[6:])
+            orientation = _exif_orientation(segment[6:], name)
         position += 2 + length
     if frame is None or min(frame) == 0:
         raise ImageError(name, "corrupt JPEG header (no usable frame size)")
@@ -276,8 +280,13 @@ def _read_jpeg_header(data: bytes, name: str) -> _JpegHeader:
     return _JpegHeader(*frame, orientation=orientation)
 
 
-def _exif_orientation(tiff: bytes) -> int:
-    """Orientation tag (1..8) from IFD0 of an EXIF TIFF block; 1 if absent or unreadable."""
+def _exif_orientation(tiff: bytes, name: str) -> int:
+    """Orientation tag (1..8) from IFD0 of an EXIF TIFF block; 1 if absent or unreadable.
+
+    A block that ends before its directory does is corrupt: the file is still a usable picture (OpenCV
+    finds no orientation in it either, and the size check in _decode catches any disagreement), so it
+    is read as stored, with a warning on stderr naming it, since its pixels may be turned.
+    """
     order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
     if order is None:
         return 1
@@ -289,7 +298,8 @@ def _exif_orientation(tiff: bytes) -> int:
             if tag == _EXIF_ORIENTATION_TAG:
                 return value if 1 <= value <= 8 else 1
     except struct.error:
-        pass
+        print(f"warning: {name}: corrupt EXIF block (it ends inside its first directory); EXIF orientation "
+              "ignored, the picture is used as stored", file=sys.stderr)
     return 1
 
 

@@ -59,6 +59,8 @@ OVERLAY_QUALITY = 90
 OVERLAY_TINT = np.array([0, 255, 90], np.float32)  # RGB, blended into stone pixels
 OVERLAY_TINT_WEIGHT = 0.35
 OVERLAY_OUTLINE = (255, 230, 0)  # RGB
+# The outline is one pixel wide per this many pixels of the photo's shorter side (at least one pixel).
+OVERLAY_OUTLINE_PIXELS_PER_WIDTH = 500
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,7 @@ def draw_overlay(photo: np.ndarray, mask: np.ndarray) -> np.ndarray:
     overlay = photo.copy()
     np.copyto(overlay, tinted, where=mask[..., None] > 0)
     contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    thickness = max(1, round(min(photo.shape[:2]) / 500))
+    thickness = max(1, round(min(photo.shape[:2]) / OVERLAY_OUTLINE_PIXELS_PER_WIDTH))
     cv2.drawContours(overlay, contours, -1, OVERLAY_OUTLINE, thickness, cv2.LINE_AA)
     return overlay
 

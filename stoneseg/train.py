@@ -63,6 +63,9 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     parser.add_argument("--loss", choices=LOSSES, default="bce", help="training loss")
     parser.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs on val_loss")
+    parser.add_argument(
+        "--min-delta", type=float, default=0.0, help="early stopping: the least fall in val_loss that counts as better"
+    )
     parser.add_argument("--backbone", choices=sorted(BLOCKS_PER_STAGE), default="resnet18", help="UNet encoder")
     parser.add_argument(
         "--image-size", type=int, default=None, help="side of the training images; default and only value: the records'"
@@ -96,10 +99,20 @@ def parse_args(argv=None):
     for name in ("epochs", "epoch_images", "batch_size", "patience", "steps_per_epoch", "image_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.min_delta < 0:
+        parser.error("--min-delta must be at least 0")
     if args.crop is not None and (args.crop < OUTPUT_STRIDE or args.crop % OUTPUT_STRIDE):
         parser.error(f"--crop {args.crop} is not a positive multiple of {OUTPUT_STRIDE} (the network halves the image "
                      "5 times)")
     return args
+
+
+def steps_per_epoch(args, train_examples, global_batch):
+    """--steps-per-epoch, else --epoch-images augmented images (at least one pass over the train photos)
+    in global batches."""
+    if args.steps_per_epoch:
+        return args.steps_per_epoch
+    return max(1, max(args.epoch_images, train_examples) // global_batch)
 
 
 def training_crop(crop, manifest):
@@ -144,8 +157,15 @@ def train_model(args, manifest, started):
 
     from stoneseg import distribute
     from stoneseg.augment import RandomRecordCrop, SegmentationAugmentation
-    from stoneseg.callbacks import ResumableEarlyStopping, ValidationImages, best_epoch, read_history
-    from stoneseg.data import make_dataset
+    from stoneseg.callbacks import (
+        ResumableEarlyStopping,
+        ValidationImages,
+        backed_up_epochs,
+        best_epoch,
+        read_history,
+        trim_history,
+    )
+    from stoneseg.data import make_dataset, shard_by
     from stoneseg.metrics import make_loss, training_metrics
     from stoneseg.model import build_unet
     from stoneseg.trainer import SegmentationTrainer
@@ -171,20 +191,26 @@ def train_model(args, manifest, started):
     run_dir = find_run_dir(args)
     chief = distribute.is_chief(strategy)
     task_dir = run_dir if chief else run_dir / f"worker-{distribute.task_id(strategy)}"
-    history = read_history(task_dir / "history.csv")
     resuming = (task_dir / BACKUP).is_dir()
+    if resuming:
+        done = backed_up_epochs(task_dir / BACKUP)
+        dropped = trim_history(task_dir / "history.csv", done)
+        print(f"resuming {run_dir} from its backup after epoch {done}"
+              + (f" (dropped {dropped} history row(s) logged after the backup)" if dropped else ""), flush=True)
+    history = read_history(task_dir / "history.csv")
     if history and not resuming:
         raise InputError(f"{run_dir} holds a finished run ({len(history)} epochs); choose another --run-dir")
     task_dir.mkdir(parents=True, exist_ok=True)
     if chief:
         write_config(run_dir, args, manifest, strategy, jit)
 
-    epoch_images = max(args.epoch_images, records.split_size(manifest, "train"))
-    steps_per_epoch = args.steps_per_epoch or max(1, epoch_images // global_batch)
+    steps = steps_per_epoch(args, records.split_size(manifest, "train"), global_batch)
+    train_shards = len(manifest["splits"]["train"]["shards"])
     print(
         f"strategy {args.strategy} ({type(strategy).__name__}): {strategy.num_replicas_in_sync} replica(s), "
         f"{workers} worker(s); "
-        f"batch {args.batch_size} per replica = global batch {global_batch}; {steps_per_epoch} steps per epoch; "
+        f"batch {args.batch_size} per replica = global batch {global_batch}; {steps} steps per epoch; "
+        f"{train_shards} train shard(s) split across workers by {shard_by(train_shards, workers)}; "
         f"XLA {'on' if jit else 'off'}; records {records.describe(manifest)}, "
         f"{f'random {args.crop}x{args.crop} crops' if args.crop else 'whole'}; run folder {run_dir}",
         flush=True,
@@ -219,22 +245,22 @@ def train_model(args, manifest, started):
             save_best_only=True,
             initial_value_threshold=best_so_far["val_loss"] if best_so_far else None,
         ),
-        # Last of the per-epoch writers: an epoch counts as done only once all of the above are on disk.
+        # Last of the per-epoch writers: an epoch counts as done only once all of the above are on disk
+        # (a resumed run drops history rows of epochs this did not back up: trim_history).
         keras.callbacks.BackupAndRestore(task_dir / BACKUP, double_checkpoint=True),
-        ResumableEarlyStopping(task_dir / "history.csv", monitor="val_loss", patience=args.patience),
+        ResumableEarlyStopping(
+            task_dir / "history.csv", monitor="val_loss", mode="min", patience=args.patience, min_delta=args.min_delta
+        ),
         keras.callbacks.TensorBoard(task_dir / "logs", write_graph=False),
     ]
     if chief:
         images, masks, *_ = next(iter(make_dataset(args.records, "val", args.val_images, training=False, crop=args.crop)))
         callbacks.append(ValidationImages(run_dir / "logs" / "images", images, masks))
-    if resuming:
-        print(f"resuming {run_dir} from its backup", flush=True)
-
     trainer.fit(
         strategy.experimental_distribute_dataset(train),
         validation_data=strategy.experimental_distribute_dataset(val),
         epochs=args.epochs,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=steps,
         shuffle=False,  # the dataset shuffles
         callbacks=callbacks,
         verbose=1 if cli.interactive() else 2,  # one plain line per epoch in a log

@@ -35,7 +35,6 @@ class SegmentationTrainer(keras.Model):
         self.augmentation = augmentation
         self.crop = crop
         self.saved_input_shape = saved_input_shape
-        self.jit_network = jit_network
         self._gradients = tf.function(self._forward_backward, jit_compile=True) if jit_network else self._forward_backward
 
     def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None, **kwargs):

@@ -33,19 +33,54 @@ def test_masks_stay_binary_and_shapes_and_dtypes_hold():
         assert out_images.min() >= -1e-3 and out_images.max() <= 255.0 + 1e-3  # bilinear rounding
 
 
+def asymmetric_batch(count, size=64):
+    """Images whose red channel is an L-shaped mark (no symmetry a flip or rotation could hide) and that
+    mark as the mask; the other channels are noise, as in a photo."""
+    mask = np.zeros((size, size), np.uint8)
+    mask[12:44, 12:22] = 1  # the L's upright
+    mask[34:44, 22:40] = 1  # its foot
+    masks = np.repeat(mask[None, ..., None], count, axis=0)
+    noise = np.random.default_rng(0).integers(0, 256, masks.shape, dtype=np.uint8)
+    images = np.concatenate([masks * 255, noise, np.zeros_like(masks)], axis=-1)
+    return images, masks
+
+
+def flips(array):
+    """The four flips of an (H, W) array: none, left-right, up-down, both."""
+    return [array, array[:, ::-1], array[::-1, :], array[::-1, ::-1]]
+
+
+def which_flip(original, out):
+    """Index of the flip of `original` that `out` equals exactly, or None (it was rotated)."""
+    return next((index for index, flipped in enumerate(flips(original)) if np.array_equal(flipped, out)), None)
+
+
 def test_image_and_mask_get_the_same_transform():
-    images, masks = blocky_batch(count=16)
-    layer = SegmentationAugmentation(seed=3)
-    changed = 0
-    for _ in range(4):
+    """Rotation always on: the mark ends up in the same place in the image's red channel and in the mask
+    (nearest vs bilinear resampling may differ only on a thin rim), and it has really been rotated."""
+    images, masks = asymmetric_batch(count=32)
+    layer = SegmentationAugmentation(rotation_probability=1.0, seed=3)
+    for _ in range(2):
         out_images, out_masks = augment(layer, images, masks)
-        # The mask made from the image must still be the image's red channel: nearest vs bilinear
-        # resampling may disagree only on a thin rim along block edges.
         from_image = out_images[..., 0] > 127.5
-        agreement = (from_image == (out_masks[..., 0] > 0.5)).mean(axis=(1, 2))
-        assert agreement.min() > 0.98, agreement
-        changed += int(np.sum(np.any(out_masks != masks, axis=(1, 2, 3))))
-    assert changed > 0.6 * 4 * 16  # 7 of 8 images get at least one transform
+        mask = out_masks[..., 0] > 0.5
+        overlap = (from_image & mask).sum(axis=(1, 2)) / (from_image | mask).sum(axis=(1, 2))
+        assert overlap.min() > 0.9, overlap
+        moved = [which_flip(masks[0, ..., 0], out.astype(np.uint8)) is None for out in out_masks[..., 0]]
+        assert np.mean(moved) > 0.8, np.mean(moved)  # only angles within about a degree move no pixel
+
+
+def test_rotation_happens_at_the_stated_rate_over_many_draws():
+    """p = 0.5 by default: an output that is no exact flip of its input was rotated. Over 256 draws the
+    share rotated is 0.5 less the few angles too small to move a pixel (binomial sd 0.03)."""
+    images, masks = blocky_batch(count=64)
+    layer = SegmentationAugmentation(seed=7)
+    rotated = []
+    for _ in range(4):
+        _, out_masks = augment(layer, images, masks)
+        rotated += [which_flip(original, out.astype(np.uint8)) is None
+                    for original, out in zip(masks[..., 0], out_masks[..., 0])]
+    assert 0.38 < np.mean(rotated) < 0.6, np.mean(rotated)
 
 
 def test_same_seed_same_draws_and_draws_change_every_step():
@@ -58,15 +93,18 @@ def test_same_seed_same_draws_and_draws_change_every_step():
     assert not np.array_equal(step1[1], step2[1])
 
 
-def test_flips_and_rotation_follow_the_prototype_probabilities():
+def test_flips_follow_the_prototype_probabilities_and_move_image_and_mask_alike():
+    """Without rotation every output is one of the four flips of its input, each about a quarter of the
+    time, and the image is flipped exactly as its mask is."""
     images, masks = blocky_batch(count=64)
     layer = SegmentationAugmentation(seed=11, rotation_probability=0.0)
-    _, out_masks = augment(layer, images, masks)
-    # Without rotation every output is one of the four flips of its input, each about a quarter.
+    out_images, out_masks = augment(layer, images, masks)
     kinds = []
-    for original, out in zip(masks[..., 0], out_masks[..., 0]):
-        flips = [original, original[:, ::-1], original[::-1, :], original[::-1, ::-1]]
-        kinds.append(next(i for i, flipped in enumerate(flips) if np.array_equal(flipped, out)))
+    for image, mask, out_image, out_mask in zip(images, masks[..., 0], out_images, out_masks[..., 0]):
+        kind = which_flip(mask, out_mask.astype(np.uint8))
+        assert kind is not None
+        np.testing.assert_array_equal(out_image, flips(image)[kind])
+        kinds.append(kind)
     counts = np.bincount(kinds, minlength=4)
     assert counts.min() >= 6, counts
 

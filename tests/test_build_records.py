@@ -3,6 +3,10 @@
 import hashlib
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -11,9 +15,12 @@ import pytest
 import tensorflow as tf
 from jpeg_exif import with_exif_orientation
 
-from stoneseg import io
+from stoneseg import files, io
+from stoneseg.pairs import find_pairs
 from stoneseg.records import FEATURES, FORMAT_VERSION
 from tools import build_records
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Parsed with the format's own feature list: a feature the builder left out fails the parse.
 SPEC = {name: tf.io.FixedLenFeature([], tf.string if kind == "bytes" else tf.int64) for name, kind in FEATURES.items()}
@@ -30,7 +37,8 @@ def photo_and_mask(seed: int, height: int = 48, width: int = 64) -> tuple[np.nda
     rng = np.random.default_rng(seed)
     photo = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (width, height), interpolation=cv2.INTER_CUBIC)
     mask = np.zeros((height, width), np.uint8)
-    cv2.circle(mask, (int(rng.integers(15, width - 15)), height // 2), int(rng.integers(6, 14)), 255, -1)
+    centre = int(rng.integers(15, width - 15)), int(rng.integers(12, height - 12))  # no symmetry a flip could hide
+    cv2.circle(mask, centre, int(rng.integers(6, 14)), 255, -1)
     return photo, mask
 
 
@@ -86,6 +94,16 @@ def test_split_is_by_source_disjoint_complete_and_deterministic():
     assert build_records.split_sources(names, 0.2, 0.1, seed=7)["val"] != splits["val"]
 
 
+def test_the_stones20_split_quoted_in_the_readme(stones20):
+    """README: seed 42, --test-fraction 0.15, val 0.2 by default: 13 train, val Image01, 02, 16, 18, test
+    Image06, 09, 12."""
+    names = [pair.photo for pair in find_pairs(stones20).pairs]
+    splits = build_records.split_sources(names, 0.2, 0.15, seed=42)
+    assert len(splits["train"]) == 13
+    assert sorted(splits["val"]) == ["Image01.JPG", "Image02.JPG", "Image16.JPG", "Image18.JPG"]
+    assert sorted(splits["test"]) == ["Image06.JPG", "Image09.JPG", "Image12.JPG"]
+
+
 @pytest.mark.parametrize("count, val, test, expected", [
     (1, 0.2, 0.0, {"train": 1}),
     (2, 0.2, 0.0, {"train": 1, "val": 1}),
@@ -135,12 +153,16 @@ def test_records_round_trip_through_tf_data(tmp_path):
     assert sorted(records) == [f"Image{index:02d}.JPG" for index in range(6)]
     for name, record in records.items():
         assert name in manifest["splits"][record["split"]]["sources"]  # each photo in its own split only
-        image, original = io.read_photo(data / name, (24, 32))
-        mask, _ = io.read_mask(data / name.replace(".JPG", "_label.jpg"), (24, 32))
-        assert np.array_equal(record["image"], image)  # bytes as io.py produced them
-        assert np.array_equal(record["mask"], mask) and set(np.unique(mask)) == {0, 1}
+        # Expected another way: OpenCV's full decode and one area resize of the file (not io.py's reduced
+        # decode), and the mask as drawn, before its JPEG encoding.
+        full = cv2.cvtColor(cv2.imread(str(data / name)), cv2.COLOR_BGR2RGB)
+        expected_image = cv2.resize(full, (32, 24), interpolation=cv2.INTER_AREA)
+        assert np.abs(record["image"].astype(int) - expected_image).mean() < 2
+        _, drawn_mask = photo_and_mask(seed=int(name[5:7]))
+        expected_mask = cv2.resize(drawn_mask, (32, 24), interpolation=cv2.INTER_AREA) > io.MASK_THRESHOLD
+        assert set(np.unique(record["mask"])) == {0, 1} and np.mean(record["mask"] == expected_mask) > 0.97
         assert (record["image/height"], record["image/width"]) == (24, 32)
-        assert (record["source/height"], record["source/width"]) == original == (48, 64)
+        assert (record["source/height"], record["source/width"]) == (48, 64)
         assert record["source/sha256"].decode() == hashlib.sha256((data / name).read_bytes()).hexdigest()
     for split, entry in manifest["splits"].items():
         fractions = [records[name]["mask"].mean() for name in entry["sources"]]
@@ -407,17 +429,38 @@ def test_failure_while_writing_shards_leaves_the_earlier_set_intact(existing_set
 
 def test_failure_at_the_commit_point_restores_the_earlier_set(existing_set, monkeypatch, capsys):
     data, out, before = existing_set
-    real_replace = build_records.os.replace
+    real_replace = os.replace
 
     def replace_but_not_the_new_manifest(source, target):
-        if Path(target) == out / "manifest.json" and Path(source).parent.name.startswith(".staging-"):
+        if Path(target) == out / "manifest.json" and Path(source).parent.name.startswith(".records.staging-"):
             raise OSError("rename failed (injected)")
         real_replace(source, target)
 
-    monkeypatch.setattr(build_records.os, "replace", replace_but_not_the_new_manifest)
+    monkeypatch.setattr(files.os, "replace", replace_but_not_the_new_manifest)
     assert build("--data", data, "--out", out, "--size", 8, "--workers", 1, "--overwrite") == 1
     assert "build_records: error: rename failed (injected)" in capsys.readouterr().err
     assert snapshot(out) == before
+
+
+def test_a_run_killed_while_swapping_records_leaves_the_next_run_the_old_set(existing_set, capsys):
+    """SIGKILL in the middle of the swap: the old set moved aside into the staging folder, one new shard
+    in `out`, no manifest. The next run puts the old set back byte for byte, then refuses to replace it
+    without --overwrite. (tests/test_files.py kills the same mechanism before every rename.)"""
+    data, out, before = existing_set
+    old_files = len(before) - 1  # all but README.md
+    env = dict(os.environ, **{files.KILL_BEFORE_RENAME: str(old_files + 1)})
+    killed = subprocess.run([sys.executable, "-m", "tools.build_records", "--data", str(data), "--out", str(out),
+                             "--size", "8", "--workers", "1", "--overwrite"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (out / "manifest.json").exists()
+    staging, = [path for path in out.iterdir() if path.name.startswith(".records.staging-")]
+    assert sorted(path.name for path in (staging / files.REPLACED).iterdir()) == sorted(set(before) - {"README.md"})
+
+    assert build("--data", data, "--out", out, "--size", 8, "--workers", 1) == 1
+    error = capsys.readouterr().err
+    assert "put back what it had moved aside" in error and "already holds records" in error
+    assert snapshot(out) == before  # byte for byte, and no staging folder left
 
 
 def test_interrupted_first_run_leaves_no_output_folder(tmp_path, monkeypatch):
@@ -432,10 +475,10 @@ def test_interrupted_first_run_leaves_no_output_folder(tmp_path, monkeypatch):
     assert not (tmp_path / "new" / "records").exists()
 
 
-def test_staging_left_by_a_killed_run_is_removed(tmp_path):
+def test_staging_left_by_a_killed_run_before_its_swap_is_removed(tmp_path):
     data = flat_folder(tmp_path / "photos", 2)
     out = tmp_path / "records"
-    abandoned = out / ".staging-999999999-abc"  # no such process
+    abandoned = out / ".records.staging-999999999-abc"  # no process holds its lock
     abandoned.mkdir(parents=True)
     (abandoned / "train-00000-of-00001.tfrecord").write_bytes(b"half")
     assert build("--data", data, "--out", out, "--size", 8, "--workers", 1) == 0

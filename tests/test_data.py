@@ -11,6 +11,19 @@ from stoneseg.cli import InputError
 from stoneseg.data import load_manifest, make_dataset, read_examples
 
 
+def records_read_directly(records, split):
+    """(name, image) of every record of `split`, read shard by shard in the manifest's order with plain
+    TFRecordDataset, then taken one from each shard in turn: the order the pipeline promises."""
+    features = {"source/name": tf.io.FixedLenFeature([], tf.string), "image/png": tf.io.FixedLenFeature([], tf.string)}
+    shards = []
+    for shard in load_manifest(records)["splits"][split]["shards"]:
+        parsed = [tf.io.parse_single_example(serialized, features) for serialized in tf.data.TFRecordDataset(
+            str(records / shard))]
+        shards.append([(p["source/name"].numpy().decode(), tf.io.decode_png(p["image/png"]).numpy()) for p in parsed])
+    in_turn = [shard[index] for index in range(max(map(len, shards))) for shard in shards if index < len(shard)]
+    return [name for name, _ in in_turn], np.stack([image for _, image in in_turn])
+
+
 def test_train_batches_are_full_uint8_and_binary(tiny_records):
     batches = list(make_dataset(tiny_records, "train", batch_size=4, training=True, seed=0).take(5))
     assert len(batches) == 5  # repeats forever
@@ -28,8 +41,14 @@ def test_validation_is_one_pass_in_order_with_a_short_last_batch(tiny_records):
     batches = list(dataset)
     assert len(batches) == 1 and batches[0][0].shape[0] == count
     assert int(dataset.cardinality()) == 1
-    again = list(make_dataset(tiny_records, "val", batch_size=count + 1, training=False))
-    np.testing.assert_array_equal(batches[0][0], again[0][0])
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_without_training_the_records_come_in_shard_order(tiny_records, split):
+    names, images = records_read_directly(tiny_records, split)
+    assert [name.numpy().decode() for name in read_examples(tiny_records, split).map(lambda e: e["name"])] == names
+    batches = list(make_dataset(tiny_records, split, batch_size=3, training=False))
+    np.testing.assert_array_equal(np.concatenate([batch_images for batch_images, _ in batches]), images)
 
 
 def test_a_seed_fixes_the_shuffle_and_epochs_reshuffle(tiny_records):
@@ -43,10 +62,12 @@ def test_a_seed_fixes_the_shuffle_and_epochs_reshuffle(tiny_records):
     assert epoch1 != epoch2  # the same photos in a new order
 
 
-def test_every_train_photo_comes_through_once_per_epoch(tiny_records):
+def test_every_train_photo_comes_through_once_per_epoch_unaugmented(tiny_records):
+    """Augmentation belongs to the train step: the pipeline hands over each record's photo as stored."""
     train = load_manifest(tiny_records)["splits"]["train"]
     images, _ = next(iter(make_dataset(tiny_records, "train", batch_size=train["examples"], training=True)))
-    assert len({image.tobytes() for image in np.asarray(images)}) == train["examples"]
+    _, stored = records_read_directly(tiny_records, "train")
+    assert sorted(image.tobytes() for image in np.asarray(images)) == sorted(image.tobytes() for image in stored)
 
 
 def test_missing_split_and_manifest_errors_name_the_file(tiny_records, tmp_path):
@@ -173,3 +194,22 @@ def test_validation_batches_pad_whole_records_to_32_and_weigh_the_padding_0(scal
         np.testing.assert_array_equal(image[:48, :64], record["image"])
         np.testing.assert_array_equal(mask[:48, :64], record["mask"])
         assert weight[:48].all() and not weight[48:].any() and not image[48:].any()
+
+
+def test_with_fewer_shards_than_workers_each_worker_gets_its_own_records(tiny_photos, tmp_path):
+    """3 train shards, 4 workers: sharding by file would leave a worker without data, so the records
+    are dealt out instead, each to one worker."""
+    from tensorflow.python.data.experimental.ops.distribute import _AutoShardDataset
+    from tools.build_records import main as build_records
+
+    records = tmp_path / "records"
+    assert build_records(["--data", str(tiny_photos), "--out", str(records), "--size", "32", "--shards", "3",
+                          "--workers", "1"]) == 0
+    train = load_manifest(records)["splits"]["train"]
+    assert (len(train["shards"]), train["examples"]) == (3, 8)
+    seen = []
+    for index in range(4):
+        dataset = make_dataset(records, "train", batch_size=1, training=False, num_workers=4)
+        seen.append([np.asarray(image).tobytes() for image, _ in _AutoShardDataset(dataset, 4, index, 4)])
+    assert [len(photos) for photos in seen] == [2, 2, 2, 2]
+    assert len(set().union(*seen)) == 8

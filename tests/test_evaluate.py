@@ -4,18 +4,19 @@ import csv
 import json
 import math
 import shutil
+import signal
+from pathlib import Path
 
 import cv2
 import keras
 import numpy as np
 import pytest
 from keras import layers
-
+from killed_publish import publish_in_a_process
 from tiny_models import brightness, brightness_model
 
 from stoneseg import evaluate, inference, io
-from stoneseg.data import load_manifest, make_dataset, read_examples
-from stoneseg.inference import full_size_mask
+from stoneseg.data import load_manifest, read_examples
 from stoneseg.metrics import BinaryDice
 from stoneseg.model import build_unet
 
@@ -152,6 +153,78 @@ def test_mean_over_photos_and_pooled_pixels_differ_as_defined():
     assert summary["counts"] == {"tp": 40, "fp": 0, "fn": 4, "tn": 66}
 
 
+# Two 128x128 PNG photos: bright rectangles, which the brightness model calls stone, on black; their
+# masks are other rectangles. Every edge is on an even pixel, so at the model's 64x64 each edge falls on a
+# pixel boundary, bilinear upsampling by 2 puts it back exactly, and the counts can be worked out by hand.
+# A's mask also has one stray stone pixel, which only the original size sees (it is a quarter of a
+# model pixel, below the mask threshold).
+RECTANGLES = {  # name: (bright rows, bright columns), (stone rows, stone columns)
+    "A.png": ((slice(16, 48), slice(32, 96)), (slice(32, 64), slice(64, 112))),  # 2048 bright, 1536 stone, 512 both
+    "B.png": ((slice(64, 128), slice(0, 64)), (slice(64, 128), slice(0, 32))),  # 4096 bright, 2048 stone, all inside
+}
+STRAY_STONE_PIXEL = (101, 9)  # in A's mask
+HAND_COUNTS = {
+    "A.png": {"original": evaluate.Counts(tp=512, fp=1536, fn=1024 + 1, tn=16384 - 3072 - 1),
+              "model": evaluate.Counts(tp=128, fp=384, fn=256, tn=4096 - 768)},
+    "B.png": {"original": evaluate.Counts(tp=2048, fp=2048, fn=0, tn=16384 - 4096),
+              "model": evaluate.Counts(tp=512, fp=512, fn=0, tn=4096 - 1024)},
+}
+HAND_IOU = {"A.png": {"original": 512 / 3073, "model": 128 / 768}, "B.png": {"original": 0.5, "model": 0.5}}
+
+
+@pytest.fixture(scope="module")
+def rectangles(tmp_path_factory):
+    """The RECTANGLES photos with their masks, and the brightness model at 64x64."""
+    folder = tmp_path_factory.mktemp("rectangles")
+    data = folder / "data"
+    data.mkdir()
+    for name, (bright, stone) in RECTANGLES.items():
+        photo, mask = np.zeros((128, 128, 3), np.uint8), np.zeros((128, 128), np.uint8)
+        photo[bright], mask[stone] = 255, 255
+        if name == "A.png":
+            mask[STRAY_STONE_PIXEL] = 255
+        cv2.imwrite(str(data / name), photo)
+        cv2.imwrite(str(data / name.replace(".png", "_label.png")), mask)
+    model = folder / "brightness.keras"
+    brightness_model(64).save(model)
+    return data, model
+
+
+def counts_of(row, resolution):
+    return evaluate.Counts(**{key: int(row[f"{resolution}_{key}"]) for key in ("tp", "fp", "fn", "tn")})
+
+
+def test_counts_by_hand_per_photo_at_both_resolutions(capsys, tmp_path, rectangles, monkeypatch):
+    data, model = rectangles
+    reads = []
+    real_read_bytes = io.read_bytes
+    monkeypatch.setattr(io, "read_bytes", lambda path: reads.append(Path(path).name) or real_read_bytes(path))
+    status, _, _ = run(capsys, model, "--data", data, "--out", tmp_path / "report")  # both in one batch
+    assert status == 0
+    assert sorted(reads) == ["A.png", "A_label.png", "B.png", "B_label.png"]  # each file read once
+    metrics, rows = read_report(tmp_path / "report")
+    assert [row["file"] for row in rows] == ["A.png", "B.png"]
+    for row in rows:
+        for resolution in ("model", "original"):
+            assert counts_of(row, resolution) == HAND_COUNTS[row["file"]][resolution], (row["file"], resolution)
+            assert float(row[f"{resolution}_iou"]) == pytest.approx(HAND_IOU[row["file"]][resolution], abs=1e-6)
+    assert metrics["scores"]["original"]["counts"] == {"tp": 2560, "fp": 3584, "fn": 1025, "tn": 25599}
+    assert metrics["scores"]["original"]["pooled"]["iou"] == pytest.approx(2560 / 7169)
+    assert metrics["scores"]["original"]["mean"]["iou"] == pytest.approx((512 / 3073 + 0.5) / 2)
+    assert [entry["file"] for entry in metrics["worst"]] == ["A.png", "B.png"]  # lowest IoU first
+
+    # The same photos as records (both in train), scored at the model's resolution: the same counts.
+    from tools.build_records import main as build_records
+
+    records = tmp_path / "records"
+    assert build_records(["--data", str(data), "--out", str(records), "--size", "64", "--val-fraction", "0",
+                          "--workers", "1"]) == 0
+    assert run(capsys, model, "--records", records, "--split", "train", "--out", tmp_path / "from-records")[0] == 0
+    _, rows = read_report(tmp_path / "from-records")
+    assert {row["file"]: counts_of(row, "model") for row in rows} == {
+        name: counts["model"] for name, counts in HAND_COUNTS.items()}
+
+
 # ----------------------------------------------------------------------------- the command line
 def test_records_report_agrees_with_numpy_and_with_itself(capsys, tmp_path, unet64, tiny_records):
     out = tmp_path / "report"
@@ -163,15 +236,16 @@ def test_records_report_agrees_with_numpy_and_with_itself(capsys, tmp_path, unet
     assert [row["file"] for row in rows] == sorted(val_sources) and metrics["photos"] == 2
     assert set(metrics["scores"]) == {"model"}  # records hold resized masks only
 
-    # The same photos through the training pipeline and plain NumPy.
+    # The same photos, read from the shards by tf.data and scored by plain NumPy, row by row by name.
     model = keras.models.load_model(unet64)
-    expected = []
-    for images, masks in make_dataset(tiny_records, "val", batch_size=2, training=False):
-        predicted = model.predict(images, verbose=0)[..., 0] >= 0.5
-        expected += [numpy_scores(mask[..., 0].numpy(), p) for mask, p in zip(masks, predicted)]
-    got = [{name: float(row[f"model_{name}"]) for name in evaluate.SCORES} for row in rows]
-    assert sorted(got, key=lambda s: s["iou"]) == [pytest.approx(e, abs=1e-6)
-                                                   for e in sorted(expected, key=lambda s: s["iou"])]
+    expected = {}
+    for example in read_examples(tiny_records, "val"):
+        predicted = model.predict(example["image"][None], verbose=0)[0, ..., 0] >= 0.5
+        expected[example["name"].numpy().decode()] = numpy_scores(example["mask"].numpy()[..., 0], predicted)
+    assert len(expected) == 2
+    for row in rows:
+        got = {name: float(row[f"model_{name}"]) for name in evaluate.SCORES}
+        assert got == pytest.approx(expected[row["file"]], abs=1e-6), row["file"]
 
     model_scores = metrics["scores"]["model"]
     for name in evaluate.SCORES:
@@ -182,7 +256,8 @@ def test_records_report_agrees_with_numpy_and_with_itself(capsys, tmp_path, unet
     assert f"{model_scores['pooled']['iou']:.4f}" in stdout and "mean of 2 photos" in stdout
 
     sheet = cv2.imread(str(out / "worst.png"))
-    assert sheet.shape[0] == 2 * 30 + 2 * (30 + evaluate.SHEET_ROW_HEIGHT)  # title, legend, 2 labelled rows
+    text = evaluate.SHEET_TEXT_HEIGHT
+    assert sheet.shape[0] == 2 * text + 2 * (text + evaluate.SHEET_ROW_HEIGHT)  # title, legend, 2 labelled rows
     assert [entry["iou"] for entry in metrics["worst"]] == pytest.approx(sorted(float(row["model_iou"]) for row in rows),
                                                                        abs=1e-6)
 
@@ -221,19 +296,14 @@ def test_data_folder_scores_both_resolutions_like_records_and_predict(capsys, tm
         for key, value in record_row.items():
             assert by_file[record_row["file"]][key] == value
 
-    # At the original size: predict's upsampled mask against the original mask thresholded at 127.
-    model = keras.models.load_model(model_copy)
-    for row in rows[:3]:
-        image, original = io.read_photo(tiny_photos / row["file"], 64)
-        probability = model.predict(image[None], verbose=0)[0, ..., 0]
-        predicted = full_size_mask(probability, original, 0.5) > 0
-        truth = cv2.imread(str(tiny_photos / row["file"].replace(".JPG", "_label.jpg")), cv2.IMREAD_GRAYSCALE) > 127
-        assert (int(row["width"]), int(row["height"])) == (128, 96) == truth.shape[::-1]
-        for name, value in numpy_scores(truth, predicted).items():
-            assert float(row[f"original_{name}"]) == pytest.approx(value, abs=1e-6)
+    # At the original size (scored by hand in test_counts_by_hand_...): every pixel of the original.
+    for row in rows:
+        assert (int(row["width"]), int(row["height"])) == (128, 96)
+        assert sum(int(row[f"original_{key}"]) for key in ("tp", "fp", "fn", "tn")) == 128 * 96
 
     sheet = cv2.imread(str(out / "worst.png"))
-    assert sheet.shape[0] == 2 * 30 + 3 * (30 + evaluate.SHEET_ROW_HEIGHT)
+    text = evaluate.SHEET_TEXT_HEIGHT
+    assert sheet.shape[0] == 2 * text + 3 * (text + evaluate.SHEET_ROW_HEIGHT)
     worst_ious = [entry["iou"] for entry in metrics["worst"]]
     assert worst_ious == pytest.approx(sorted(float(row["original_iou"]) for row in rows)[:3], abs=1e-6)
 
@@ -360,3 +430,18 @@ def test_the_worst_photos_keep_only_what_the_contact_sheet_shows():
     assert kept_truth[:199].all() and not kept_truth[201:].any() and (kept_predicted == kept_truth).all()
     sheet = evaluate.contact_sheet(worst.sorted(), "title")
     assert sheet.shape[0] == 2 * 30 + 30 + evaluate.SHEET_ROW_HEIGHT
+
+
+def test_a_report_replacement_killed_midway_is_put_back_by_the_next_run(capsys, tmp_path, unet64, tiny_records):
+    """A run SIGKILLed after moving the earlier report aside, before renaming its own into place: the
+    next run puts the earlier report back (and then refuses to replace it without --overwrite)."""
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "metrics.json").write_text("earlier report")
+    assert publish_in_a_process("folder", out, kill_before_rename=1) == -signal.SIGKILL
+    assert not out.exists()
+    status, _, stderr = run(capsys, unet64, "--records", tiny_records, "--out", out)
+    assert status == 1 and "put back what it had moved aside" in stderr and f"{out} exists" in stderr
+    assert [path.name for path in out.iterdir()] == ["metrics.json"]
+    assert (out / "metrics.json").read_text() == "earlier report"
+    assert [path.name for path in tmp_path.iterdir()] == ["report"]

@@ -5,7 +5,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from jpeg_exif import with_exif_orientation
+from jpeg_exif import ORIENT, with_corrupt_exif, with_exif_orientation
 
 from stoneseg import io
 
@@ -105,22 +105,54 @@ def test_bad_size_is_rejected(tmp_path, size):
         io.target_size(size)
 
 
-def test_exif_orientation_is_applied_to_pixels_and_original_size(tmp_path):
-    bgr = textured_bgr(96, 160)
-    plain = write_jpeg(tmp_path / "plain.jpg", bgr).read_bytes()
-    rotated = tmp_path / "rotated.jpg"
-    rotated.write_bytes(with_exif_orientation(plain, 6))  # 6 = display rotated 90 degrees clockwise
+def marked_pair(height=96, width=160):
+    """A stored (not yet oriented) photo and mask sharing an L-shaped mark with no symmetry, so that any
+    flip or turn shows: the mark is bright in the textured photo and 255 in the mask."""
+    mask = np.zeros((height, width), np.uint8)
+    mask[8:72, 16:40] = 255  # the L's upright, near the top left
+    mask[56:72, 40:104] = 255  # its foot
+    photo = textured_bgr(height, width) // 3
+    photo[mask > 0] = 230
+    return photo, mask
 
-    full = io.read_photo_full(rotated)
-    assert full.shape == (160, 96, 3)
-    assert np.array_equal(full, np.rot90(io.read_photo_full(tmp_path / "plain.jpg"), k=-1))
 
-    # The reduced decode (1/4 here) applies it too, and reports the oriented size.
-    small, original = io.read_photo(rotated, (20, 12))
-    assert io._reduction(original, (20, 12)) == 4
-    assert original == (160, 96) and small.shape == (20, 12, 3)
-    reference = cv2.resize(full, (12, 20), interpolation=cv2.INTER_AREA)
-    assert np.abs(small.astype(np.int16) - reference).mean() < 3
+@pytest.mark.parametrize("big_endian", [False, True], ids=["II", "MM"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_turns_photo_and_mask_alike(tmp_path, orientation, big_endian):
+    """Photo and mask stored 160 wide x 96 high with the same EXIF orientation: both come out turned as
+    ORIENT (NumPy) says, at full size exactly and through the reduced decode, with the mark in the mask
+    exactly where it is in the photo. Orientations 2, 3 and 4 keep the shape, so only pixels show them."""
+    stored_photo, stored_mask = marked_pair()
+    photo_path, mask_path = tmp_path / "photo.jpg", tmp_path / "photo_label.jpg"
+    for path, image in ((photo_path, stored_photo), (mask_path, stored_mask)):
+        plain = write_jpeg(path, image).read_bytes()
+        path.write_bytes(with_exif_orientation(plain, orientation, big_endian))
+    as_stored = cv2.imread(str(photo_path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)[..., ::-1]
+    oriented = ORIENT[orientation](as_stored)
+    height, width = oriented.shape[:2]
+
+    np.testing.assert_array_equal(io.read_photo_full(photo_path), oriented)
+
+    size = (height // 4, width // 4)  # read through libjpeg's 1/2 decode
+    photo, photo_size = io.read_photo(photo_path, size)
+    mask, mask_size = io.read_mask(mask_path, size)
+    assert photo_size == mask_size == (height, width) and io._reduction(photo_size, size) == 2
+    reference = cv2.resize(oriented, size[::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(photo.astype(np.int16) - reference).mean() < 3
+    expected_mask = cv2.resize(ORIENT[orientation](stored_mask), size[::-1], interpolation=cv2.INTER_AREA)
+    assert np.mean(mask == (expected_mask > io.MASK_THRESHOLD)) > 0.98
+    assert np.mean(mask == (photo.mean(axis=2) > 127)) > 0.97  # the mask lines up with its photo
+
+
+def test_a_corrupt_exif_block_is_read_as_stored_with_a_warning(tmp_path, capsys):
+    stored_photo, _ = marked_pair()
+    path = tmp_path / "broken_exif.jpg"
+    path.write_bytes(with_corrupt_exif(write_jpeg(tmp_path / "plain.jpg", stored_photo).read_bytes()))
+    photo, original = io.read_photo(path, (24, 40))
+    assert original == (96, 160) and photo.shape == (24, 40, 3)
+    np.testing.assert_array_equal(io.read_photo_full(path), io.read_photo_full(tmp_path / "plain.jpg"))
+    warning = capsys.readouterr().err
+    assert f"warning: {path}: corrupt EXIF block" in warning and "used as stored" in warning
 
 
 def test_jpeg_mask_ringing_passes_and_thresholds_to_0_1(tmp_path):
@@ -131,7 +163,7 @@ def test_jpeg_mask_ringing_passes_and_thresholds_to_0_1(tmp_path):
     read, original = io.read_mask(tmp_path / "m.jpg", 50)
     assert original == (200, 300) and read.shape == (50, 50)
     assert set(np.unique(read)) == {0, 1}
-    expected = (cv2.resize(mask, (50, 50), interpolation=cv2.INTER_AREA) > 127).astype(np.uint8)
+    expected = (cv2.resize(mask, (50, 50), interpolation=cv2.INTER_AREA) > io.MASK_THRESHOLD).astype(np.uint8)
     assert np.mean(read != expected) < 0.01
 
 

@@ -1,5 +1,6 @@
 """tools/make_sample.py: layout, exact masks, determinism, safe writes and the CLI, on tiny 96x128 samples."""
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +8,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from killed_publish import publish_in_a_process
 
+from stoneseg.io import MASK_THRESHOLD
 from tools import make_sample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,20 +59,20 @@ def test_mask_files_give_back_the_drawn_masks_exactly(sample):
         _, drawn = make_sample.render_pair(seeds[n - 1], HEIGHT, WIDTH)
         stored = cv2.imread(str(sample / f"Image{n:02d}_label.jpg"), cv2.IMREAD_GRAYSCALE)
         assert set(np.unique(drawn)) == {0, 255}
-        assert np.array_equal((stored > 127) * 255, drawn)
+        assert np.array_equal((stored > MASK_THRESHOLD) * 255, drawn)
         assert np.all((stored < 40) | (stored > 215)), "JPEG error makes the threshold ambiguous"
 
 
 def test_masks_have_a_sensible_stone_fraction(sample):
     for n in range(1, COUNT + 1):
-        stone = cv2.imread(str(sample / f"Image{n:02d}_label.jpg"), cv2.IMREAD_GRAYSCALE) > 127
+        stone = cv2.imread(str(sample / f"Image{n:02d}_label.jpg"), cv2.IMREAD_GRAYSCALE) > MASK_THRESHOLD
         assert 0.2 < stone.mean() < 0.7
 
 
 def test_stones_stand_out_from_the_belt(sample):
     for n in range(1, COUNT + 1):
         photo = cv2.imread(str(sample / f"Image{n:02d}.JPG")).astype(np.float32)
-        stone = cv2.imread(str(sample / f"Image{n:02d}_label.jpg"), cv2.IMREAD_GRAYSCALE) > 127
+        stone = cv2.imread(str(sample / f"Image{n:02d}_label.jpg"), cv2.IMREAD_GRAYSCALE) > MASK_THRESHOLD
         assert photo[stone].mean() - photo[~stone].mean() > 15
 
 
@@ -131,6 +134,31 @@ def test_an_interrupted_run_leaves_no_output_and_keeps_the_old_sample(tmp_path, 
         write(tmp_path / "fresh")
     assert contents(out) == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["sample"]
+
+
+def test_a_sample_replacement_killed_midway_is_put_back_by_the_next_run(tmp_path, capsys):
+    """A run SIGKILLed after moving the earlier sample aside, before renaming its own into place: the
+    next run puts the earlier sample back (and then refuses to replace it without overwrite)."""
+    out = tmp_path / "sample"
+    out.mkdir()
+    (out / "Image01.JPG").write_bytes(b"earlier photo")
+    assert publish_in_a_process("folder", out, kill_before_rename=1) == -signal.SIGKILL
+    assert not out.exists()
+    with pytest.raises(FileExistsError, match="not empty"):
+        write(out)
+    assert "put back what it had moved aside" in capsys.readouterr().err
+    assert contents(out) == {"Image01.JPG": b"earlier photo"}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["sample"]
+
+
+def test_a_mask_that_does_not_threshold_back_exactly_is_not_written(tmp_path, monkeypatch):
+    """write_pair decodes each mask JPEG it encodes: at a quality where JPEG error crosses the threshold,
+    the sample stops instead of writing a mask that differs from the drawn one."""
+    monkeypatch.setattr(make_sample, "MASK_QUALITY", 5)
+    with pytest.raises(RuntimeError, match=rf"Image01_label\.jpg: the JPEG mask thresholded at {MASK_THRESHOLD} differs "
+                                           r"from the drawn mask in \d+ pixels"):
+        make_sample.write_pair(tmp_path, 0, 1, np.random.SeedSequence(0), HEIGHT, WIDTH)
+    assert not (tmp_path / "Image01_label.jpg").exists()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

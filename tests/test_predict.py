@@ -16,6 +16,7 @@ from tiny_models import brightness_model
 
 from stoneseg import inference, predict
 from stoneseg.model import build_unet
+from stoneseg.io import MASK_THRESHOLD
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,12 @@ def test_masks_have_the_photos_size_are_binary_and_labels_are_skipped(capsys, tm
         mask = read_mask(out / f"{photo.stem}_mask.png")
         assert mask.shape == (96, 128)
         assert set(np.unique(mask)) <= {0, 255}
+        # The brightness model finds the brightest stones (a few % of each photo; the belt is dark), and
+        # finds them where the photo's own mask file says the stones are.
+        truth = cv2.imread(str(tiny_photos / f"{photo.stem}_label.jpg"), cv2.IMREAD_GRAYSCALE) > MASK_THRESHOLD
+        found = mask > 0
+        assert found.mean() > 0.02, photo.name
+        assert np.sum(found & truth) / np.sum(found) > 0.9, photo.name
     rows = read_rows(out)
     assert [row["file"] for row in rows] == [str(p) for p in photos]
     for row in rows:
@@ -357,3 +364,17 @@ def test_when_no_photo_succeeds_nothing_is_written_and_the_fixed_photo_goes_thro
     status, stdout, _ = run(capsys, model64, photo, "--out", out)
     assert status == 0 and [row["file"] for row in read_rows(out)] == [str(photo)]
     assert "predict: 1/1 photos" in stdout and "\x1b" not in stdout  # plain progress when not a terminal
+
+
+def test_overlay_outline_width_grows_with_the_photo():
+    """One pixel of outline per OVERLAY_OUTLINE_PIXELS_PER_WIDTH pixels of the shorter side: count the
+    outline's pixels along a row crossing a square stone's left edge."""
+    for side in (300, 2000):
+        photo = np.full((side, side, 3), 40, np.uint8)
+        mask = np.zeros((side, side), np.uint8)
+        mask[side // 4:3 * side // 4, side // 4:3 * side // 4] = 255
+        overlay = predict.draw_overlay(photo, mask)
+        row = overlay[side // 2, :side // 2].astype(int)
+        outline = np.sum((row[:, 0] > 180) & (row[:, 1] > 150) & (row[:, 2] < 120))
+        expected = max(1, round(side / predict.OVERLAY_OUTLINE_PIXELS_PER_WIDTH))
+        assert abs(outline - expected) <= 1, (side, outline, expected)

@@ -18,19 +18,16 @@ import hashlib
 import json
 import math
 import multiprocessing
-import os
 import re
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from stoneseg import cli, io, records
+from stoneseg import cli, files, io, records
 from stoneseg.cli import InputError
 from stoneseg.pairs import Pair, Problem, find_pairs
 from stoneseg.records import FORMAT_VERSION, MANIFEST
@@ -47,7 +44,7 @@ DEFAULT_OUT = REPO / "records"
 # squash-256 model's pixel IoU on the test photos while recovering far more stones (README).
 DEFAULT_SCALE = 0.5
 SHARD_FILE = re.compile(r".+\.tfrecord(\.gz)?")
-STAGING_PREFIX = ".staging-"
+STAGING_LABEL = "records"  # staging folders in --out: .records.staging-*
 MIN_TRAIN_SHARDS = 8  # so a multi-worker job can shard the training set by file
 MIN_OTHER_SHARDS = 2
 TARGET_SHARD_BYTES = 100 * 2**20
@@ -198,73 +195,22 @@ def existing_records(out: Path) -> list[Path]:
 
 def write_records(out: Path, shards: dict[str, list[Example]], manifest: dict, gzip: bool) -> None:
     """Write the shards and the manifest, with each shard's size and SHA-256 added to it, into a staging
-    folder inside `out`, then publish them."""
+    folder inside `out`, then swap them in for the records already there (stoneseg.files: renames, the
+    manifest leaving first and arriving last, so its arrival is the commit point; a failed or killed swap
+    is undone, the latter by the next run)."""
     created_out = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_staging(out)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
     try:
-        for name, examples in shards.items():
-            write_shard(staging / name, examples, gzip)
-        manifest = {**manifest, "checksums": {name: records.shard_checksum(staging / name) for name in shards}}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _publish(staging, out, list(shards))
+        with files.staging_folder(out, STAGING_LABEL) as staging:
+            for name, examples in shards.items():
+                write_shard(staging / name, examples, gzip)
+            manifest = {**manifest, "checksums": {name: records.shard_checksum(staging / name) for name in shards}}
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            old = sorted(existing_records(out), key=lambda path: path.name != MANIFEST)  # the manifest first
+            files.replace_files(staging, old, [*shards, MANIFEST])
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created_out and not any(out.iterdir()):
+        if created_out and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise
-    shutil.rmtree(staging)  # holds the replaced set, if any
-
-
-def _publish(staging: Path, out: Path, shard_names: list[str]) -> None:
-    """Swap the finished set in `staging` into `out` by renames (same filesystem, so each is atomic).
-
-    Order: (1) the old manifest.json moves aside first, so from that instant a reader (training reads
-    the manifest first) finds no records rather than a mix; (2) the old shards follow it; (3) the new
-    shards move in; (4) the new manifest.json moves in last: that single rename is the commit point.
-    Only (1)-(4), a few renames, are a window in which `out` holds no complete set. If any rename fails,
-    the done ones are undone in reverse order, which restores the old set byte for byte. The old set
-    waits in staging/replaced/ and is deleted with the staging folder after the commit.
-    """
-    replaced = staging / "replaced"
-    replaced.mkdir()
-    old = existing_records(out)
-    old.sort(key=lambda path: path.name != MANIFEST)  # the manifest leaves first
-    moves = [(path, replaced / path.name) for path in old]
-    moves += [(staging / name, out / name) for name in shard_names] + [(staging / MANIFEST, out / MANIFEST)]
-    done = []
-    try:
-        for source, target in moves:
-            os.replace(source, target)
-            done.append((source, target))
-    except BaseException:
-        for source, target in reversed(done):
-            os.replace(target, source)
-        raise
-
-
-def _remove_abandoned_staging(out: Path) -> None:
-    """Delete staging folders left by killed runs, unless one holds a replaced set (then only warn)."""
-    for folder in out.glob(STAGING_PREFIX + "*"):
-        pid = folder.name[len(STAGING_PREFIX):].split("-")[0]
-        if not pid.isdigit() or _is_running(int(pid)):
-            continue
-        if any((folder / "replaced").glob("*")):
-            print(f"warning: {folder} holds the records an interrupted run was replacing; "
-                  "move them back into place or delete the folder", file=sys.stderr)
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -353,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         described = f"{size[0]}x{size[1]} (squash)"
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} is a file, not a folder")
+    for note in files.recover(args.out, STAGING_LABEL):
+        print(f"{PROG}: {note}", file=sys.stderr)
     in_the_way = existing_records(args.out)
     if in_the_way and not args.overwrite:
         # --overwrite replaces the whole set, so one folder never holds records of two modes.

@@ -16,9 +16,7 @@ stone outlines, the fine grain and the sensor noise are drawn at full size.
 
 import argparse
 import math
-import os
 import re
-import shutil
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -29,7 +27,8 @@ import cv2
 import numpy as np
 
 from stoneseg import cli
-from stoneseg.files import publish_folder
+from stoneseg.files import recover, staged_folder
+from stoneseg.io import MASK_THRESHOLD
 
 PHOTO_QUALITY = 90
 MASK_QUALITY = 100
@@ -250,13 +249,23 @@ def sample_names(index: int, count: int) -> tuple[str, str]:
 
 def write_pair(folder: Path, index: int, count: int, seed: np.random.SeedSequence, height: int,
                width: int) -> int:
-    """Render pair `index` and write both JPEGs into `folder` (runs in a worker process)."""
+    """Render pair `index` and write both JPEGs into `folder` (runs in a worker process).
+
+    The mask's JPEG is decoded again before it is written: thresholded at io.MASK_THRESHOLD it must give
+    back the drawn mask exactly (0 differing pixels), or the sample is not written.
+    """
     photo, mask = render_pair(seed, height, width)
     photo_name, mask_name = sample_names(index, count)
     for name, image, quality in ((photo_name, photo, PHOTO_QUALITY), (mask_name, mask, MASK_QUALITY)):
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise RuntimeError(f"OpenCV could not encode {folder / name}")
+        if name == mask_name:
+            stored = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE) > MASK_THRESHOLD
+            differing = int(np.count_nonzero(stored != (mask > 0)))
+            if differing:
+                raise RuntimeError(f"{name}: the JPEG mask thresholded at {MASK_THRESHOLD} differs from the drawn "
+                                   f"mask in {differing} pixels")
         (folder / name).write_bytes(encoded.tobytes())
     return index
 
@@ -291,30 +300,27 @@ def write_sample(out: Path, count: int = 20, height: int = 3456, width: int = 48
     out = Path(out)
     if count < 1 or height < 16 or width < 16:
         raise ValueError(f"need count >= 1 and at least 16x16 pixels, got count={count}, {height}x{width}")
+    target = out.resolve()
+    for note in recover(target.parent, target.name):
+        print(f"make_sample: {note}", file=sys.stderr)
     refuse_to_clobber(out, overwrite)
 
-    target = out.resolve()
-    staging = target.parent / f".{target.name}.partial-{os.getpid()}"
-    staging.mkdir(parents=True)
     seeds = np.random.SeedSequence(seed).spawn(count)
     workers = min(count, workers or cli.cores())
-    # Spawned, not forked: the caller may already run TensorFlow threads, which a fork would copy mid-flight.
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=single_threaded_opencv)
-    try:
-        progress = cli.Progress(count, "photo", "make_sample")
-        pending = {pool.submit(write_pair, staging, index, count, seeds[index], height, width)
-                   for index in range(count)}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                future.result()  # re-raises a worker's error here
-            progress.add(len(done))
-        pool.shutdown()
-        publish_folder(staging, target)
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with staged_folder(target, overwrite=True) as staging:  # refuse_to_clobber has checked what it replaces
+        # Spawned, not forked: the caller may already run TensorFlow threads, which a fork would copy mid-flight.
+        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=single_threaded_opencv)
+        try:
+            progress = cli.Progress(count, "photo", "make_sample")
+            pending = {pool.submit(write_pair, staging, index, count, seeds[index], height, width)
+                       for index in range(count)}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()  # re-raises a worker's error here
+                progress.add(len(done))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     return [out / sample_names(index, count)[0] for index in range(count)]
 
 
