@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -68,6 +69,8 @@ def load_model(path: Path):
 
     if not path.is_file():
         raise ExportError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+        raise ExportError(f"{path}: not a Keras model (a .keras file is a zip archive; this is not one)")
     try:
         model = keras.models.load_model(path, safe_mode=True)
     except Exception as error:  # Keras raises ValueError, TypeError, OSError... for a bad file
@@ -107,7 +110,7 @@ def verification_image(photo: Path, model_size: tuple[int, int] | None, scale: f
     if input_size is None:
         height, width = image.shape[:2]
         if min(height, width) < OUTPUT_STRIDE:
-            raise io.ImageError(str(photo), f"{width}x{height} at scale {scale} is smaller than "
+            raise io.ImageError(str(photo), f"{width}x{height} at scale {scale or 1.0} is smaller than "
                                             f"{OUTPUT_STRIDE} pixels, too small to verify an export on")
         input_size = tuple(min(VERIFY_MAX_SIDE, side - side % OUTPUT_STRIDE) for side in (height, width))
     return _fit(image, input_size)

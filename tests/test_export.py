@@ -9,6 +9,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import zipfile
 
 import keras
 import numpy as np
@@ -106,12 +107,18 @@ def test_bad_arguments_get_one_error_line(capsys, tmp_path, arguments, fragment)
     assert_one_error_line(err, fragment)
 
 
-def test_a_file_that_is_not_a_model_is_named_and_nothing_is_written(capsys, tmp_path, photo):
+@pytest.mark.parametrize("zipped, problem", [(False, "not a Keras model"),
+                                              (True, "cannot be loaded as a Keras model")])
+def test_a_file_that_is_not_a_model_is_named_and_nothing_is_written(capsys, tmp_path, photo, zipped, problem):
     model = tmp_path / "notes.keras"
-    model.write_text("not a model")
+    if zipped:
+        with zipfile.ZipFile(model, "w") as archive:
+            archive.writestr("notes.txt", "a zip archive, but no model inside")
+    else:
+        model.write_text("not a model")
     status, _, err = run(capsys, model, "--format", "saved_model", "--out", tmp_path / "sm", "--photo", photo)
     assert status == 1
-    assert_one_error_line(err, f"{model}: cannot be loaded as a Keras model")
+    assert_one_error_line(err, f"{model}: {problem}")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.keras"]
 
 
