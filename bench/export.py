@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from stoneseg import export  # noqa: E402
+from stoneseg import cli, export  # noqa: E402
 
 SIZE = 256
 BATCHES = (1, 8)
@@ -44,7 +44,7 @@ def machine() -> str:
         elif key.strip() == "flags" and not flags:
             flags = set(value.split())
     present = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in FLAGS_THAT_MATTER)
-    return (f"CPU: {model}; {present}; {len(os.sched_getaffinity(0))} usable cores; "
+    return (f"CPU: {model}; {present}; {cli.cores()} usable cores; "
             f"load average {os.getloadavg()[0]:.1f}")
 
 
@@ -54,11 +54,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per runtime and batch size")
     args = parser.parse_args()
 
+    cli.import_tensorflow()
     import keras
 
     from stoneseg.model import build_unet
 
-    cores = len(os.sched_getaffinity(0))
     print(machine(), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-export-") as scratch:
         scratch = Path(scratch)
@@ -87,7 +87,7 @@ def main() -> None:
         images = np.random.default_rng(0).integers(0, 256, (max(BATCHES), SIZE, SIZE, 3), np.uint8)
         for batch in BATCHES:
             runtimes = {label: (lambda x: model.predict_on_batch(x.astype(np.float32))) if format is None
-                        else export.open_artifact(format, path, threads=cores)
+                        else export.open_artifact(format, path, threads=cli.cores())
                         for label, (format, path) in artifacts.items()}
             for run in runtimes.values():
                 for _ in range(2):

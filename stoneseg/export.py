@@ -31,10 +31,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stoneseg import io
+from stoneseg import cli, io
+from stoneseg.choices import OUTPUT_STRIDE
+from stoneseg.cli import InputError
 from stoneseg.files import partial_path, publish_folder
 
-PROG = "python -m stoneseg.export"
+PROG = "export"
 FORMATS = ("saved_model", "litert", "onnx")
 SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}  # a SavedModel is a folder
 QUANTIZATIONS = ("dynamic", "float16")  # LiteRT only
@@ -45,7 +47,6 @@ SIGNATURE = "serving_default"
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
 SAVED_MODEL_METADATA = Path("assets.extra") / "stoneseg.json"  # TF Serving's folder for files beside the graph
-OUTPUT_STRIDE = 32  # stoneseg.model.OUTPUT_STRIDE, repeated so that --help needs no Keras
 
 THRESHOLD = 0.5
 FLOAT_MAX_ABS_DIFF = 1e-4
@@ -56,28 +57,29 @@ QUANTIZED_MIN_AGREEMENT = 0.99
 VERIFY_MAX_SIDE = 1024
 
 
-class ExportError(Exception):
-    """An export that cannot start or did not verify; the message is one line for the user."""
-
-
 # ----------------------------------------------------------------------------- the model and its photos
+def check_model_file(path: Path) -> None:
+    """An InputError unless `path` can be a .keras model file (checked before Keras is imported)."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+        raise InputError(f"{path}: not a Keras model file (a .keras file is a zip archive, this is not)")
+
+
 def load_model(path: Path):
     """The saved model (safe_mode=True); it must map RGB images to one probability per pixel."""
     import keras
 
     import stoneseg.model  # noqa: F401  registers PhotoScale for loading
 
-    if not path.is_file():
-        raise ExportError(f"{path}: no such model file")
-    if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
-        raise ExportError(f"{path}: not a Keras model (a .keras file is a zip archive; this is not one)")
+    check_model_file(path)
     try:
         model = keras.models.load_model(path, safe_mode=True)
     except Exception as error:  # Keras raises ValueError, TypeError, OSError... for a bad file
-        raise ExportError(f"{path}: cannot be loaded as a Keras model ({type(error).__name__}: {error})") from None
+        raise InputError(f"{path}: cannot be loaded as a Keras model ({type(error).__name__}: {error})") from None
     input_shape, output_shape = model.input_shape, model.output_shape
     if len(input_shape) != 4 or input_shape[-1] != 3 or output_shape[1:] != (*input_shape[1:3], 1):
-        raise ExportError(f"{path}: expected a model from RGB images (N, H, W, 3) to one probability per pixel "
+        raise InputError(f"{path}: expected a model from RGB images (N, H, W, 3) to one probability per pixel "
                           f"(N, H, W, 1), got {input_shape} -> {output_shape}")
     return model
 
@@ -87,11 +89,11 @@ def export_input_size(model, model_path: Path, requested: tuple[int, int] | None
     height, width = model.input_shape[1:3]
     if height is not None and width is not None:
         if requested is not None and requested != (height, width):
-            raise ExportError(f"{model_path} takes {height}x{width} images only; --input-size is for models "
+            raise InputError(f"{model_path} takes {height}x{width} images only; --input-size is for models "
                               "that take any size")
         return height, width
     if requested is None and format == "litert":
-        raise ExportError(f"{model_path} takes images of any size and a LiteRT model needs a fixed one: give "
+        raise InputError(f"{model_path} takes images of any size and a LiteRT model needs a fixed one: give "
                           "--input-size (e.g. the crop size it was trained on)")
     return requested
 
@@ -172,7 +174,7 @@ def write_litert(model, input_size, path: Path, quantize: str | None) -> None:
         try:
             flatbuffer = converter.convert()
         except Exception as error:  # the converter raises its own ConverterError with the MLIR diagnostics
-            raise ExportError(f"the LiteRT converter failed: {str(error).splitlines()[0]}") from None
+            raise InputError(f"the LiteRT converter failed: {str(error).splitlines()[0]}") from None
     path.write_bytes(flatbuffer)
 
 
@@ -185,7 +187,7 @@ def write_onnx(model, input_size, path: Path) -> None:
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     serve, spec = serving_function(model, input_size)
-    tf2onnx.convert.from_function(tf.function(serve), input_signature=[spec], output_path=str(path))
+    tf2onnx.convert.from_function(tf.function(serve, autograph=False), input_signature=[spec], output_path=str(path))
 
 
 def write_artifact(model, format: str, path: Path, input_size, quantize: str | None = None) -> None:
@@ -235,7 +237,7 @@ class Agreement:
 def compare(reference: np.ndarray, exported: np.ndarray) -> Agreement:
     """The agreement of the export's probabilities with the Keras model's (same shape)."""
     if reference.shape != exported.shape:
-        raise ExportError(f"the export returns shape {exported.shape}, the Keras model {reference.shape}")
+        raise InputError(f"the export returns shape {exported.shape}, the Keras model {reference.shape}")
     same_side = (reference >= THRESHOLD) == (exported >= THRESHOLD)
     return Agreement(float(np.max(np.abs(reference.astype(np.float64) - exported))), float(np.mean(same_side)),
                      reference.size)
@@ -263,7 +265,7 @@ def verdict(agreement: Agreement, quantized: bool) -> str | None:
 
 
 def verify(model, exported, photos: list[Path], images: list[np.ndarray], quantized: bool) -> Agreement:
-    """Run the Keras model and the export on each image, print the figures, raise ExportError on failure."""
+    """Run the Keras model and the export on each image, print the figures, raise InputError on failure."""
     agreements = []
     for photo, image in zip(photos, images):
         batch = image[None]
@@ -279,7 +281,7 @@ def verify(model, exported, photos: list[Path], images: list[np.ndarray], quanti
           f"{total.mask_agreement:.4%} ({limits})", flush=True)
     failure = verdict(total, quantized)
     if failure:
-        raise ExportError(f"verification failed: {failure}; nothing was written")
+        raise InputError(f"verification failed: {failure}; nothing was written")
     return total
 
 
@@ -336,7 +338,7 @@ def file_size(path: Path) -> int:
 # ----------------------------------------------------------------------------- the command line
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog="python -m stoneseg.export",
         description="Export a trained model as a TensorFlow SavedModel, a LiteRT (.tflite) model or an ONNX "
                     "model, check the export against the Keras model on real photos, and only then write it.",
         epilog=f"Every format takes uint8 RGB images '{INPUT_NAME}' [N, H, W, 3] and returns float32 "
@@ -379,53 +381,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_inputs(args: argparse.Namespace) -> None:
-    """Refuse, before any slow work, an --out in the way, a missing runtime or a missing photo."""
+    """Refuse, before TensorFlow loads, a bad model file, an --out in the way, a missing runtime or photo."""
+    check_model_file(args.model)
     in_the_way = [path for path in (args.out, metadata_path(args.format, args.out)) if path.exists()]
     if in_the_way and not args.overwrite:
-        raise ExportError(f"{in_the_way[0]} exists; pass --overwrite to replace it")
+        raise InputError(f"{in_the_way[0]} exists; pass --overwrite to replace it")
     if args.out.exists() and args.out.is_dir() != (args.format == "saved_model"):
-        raise ExportError(f"{args.out} exists and is a {'folder' if args.out.is_dir() else 'file'}; a {args.format} "
+        raise InputError(f"{args.out} exists and is a {'folder' if args.out.is_dir() else 'file'}; a {args.format} "
                           f"export is {'a folder' if args.format == 'saved_model' else 'one file'}")
     if not args.out.parent.is_dir():
-        raise ExportError(f"{args.out.parent}: no such folder for --out")
+        raise InputError(f"{args.out.parent}: no such folder for --out")
     missing = [name for name in RUNTIME_MODULES[args.format] if importlib.util.find_spec(name) is None]
     if missing:
-        raise ExportError(f"--format {args.format} needs {' and '.join(missing)} (not installed): "
+        raise InputError(f"--format {args.format} needs {' and '.join(missing)} (not installed): "
                           "pip install -e '.[export]'")
     for photo in args.photo:
         if not photo.is_file():
-            raise ExportError(f"{photo}: no such photo")
+            raise InputError(f"{photo}: no such photo")
 
 
+@cli.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     """Export, verify and publish; 0 on success, 1 with one error line otherwise."""
     args = parse_args(argv)
+    check_inputs(args)
+    cli.import_tensorflow()
+    from stoneseg.model import model_scale
+
+    model = load_model(args.model)
+    scale = model_scale(model)
+    input_size = export_input_size(model, args.model, args.input_size, args.format)
+    model_size = model.input_shape[1:3] if None not in model.input_shape[1:3] else None
     try:
-        check_inputs(args)
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from stoneseg.model import model_scale
-
-        model = load_model(args.model)
-        scale = model_scale(model)
-        input_size = export_input_size(model, args.model, args.input_size, args.format)
-        model_size = model.input_shape[1:3] if None not in model.input_shape[1:3] else None
         images = [verification_image(photo, model_size, scale, input_size) for photo in args.photo]
-        shape = "x".join(map(str, input_size)) if input_size else f"any multiple of {OUTPUT_STRIDE}"
-        print(f"Exporting {args.model} as {args.format}{f' ({args.quantize})' if args.quantize else ''}: input "
-              f"{shape}, photo scale {scale if scale is not None else 'none (photos squashed to the input size)'}",
-              flush=True)
-        started = time.perf_counter()
-
-        with staged_output(args.format, args.out) as (staging, staging_metadata):
-            write_artifact(model, args.format, staging, input_size, args.quantize)
-            print(f"Written in {time.perf_counter() - started:.0f} s; verifying it with its own runtime on "
-                  f"{len(images)} photo(s):", flush=True)
-            verified = verify(model, open_artifact(args.format, staging), args.photo, images, args.quantize is not None)
-            staging_metadata.parent.mkdir(exist_ok=True)
-            staging_metadata.write_text(json.dumps(describe(args, scale, input_size, verified), indent=2) + "\n")
-    except (ExportError, io.ImageError, OSError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 1
+    except io.ImageError as error:
+        raise InputError(str(error)) from None
+    shape = "x".join(map(str, input_size)) if input_size else f"any multiple of {OUTPUT_STRIDE}"
+    print(f"Exporting {args.model} as {args.format}{f' ({args.quantize})' if args.quantize else ''}: input "
+          f"{shape}, photo scale {scale if scale is not None else 'none (photos squashed to the input size)'}",
+          flush=True)
+    started = time.perf_counter()
+    with staged_output(args.format, args.out) as (staging, staging_metadata):
+        write_artifact(model, args.format, staging, input_size, args.quantize)
+        print(f"Written in {time.perf_counter() - started:.0f} s; verifying it with its own runtime on "
+              f"{len(images)} photo(s):", flush=True)
+        verified = verify(model, open_artifact(args.format, staging), args.photo, images, args.quantize is not None)
+        staging_metadata.parent.mkdir(exist_ok=True)
+        staging_metadata.write_text(json.dumps(describe(args, scale, input_size, verified), indent=2) + "\n")
     print(f"Wrote {args.out} ({file_size(args.out) / 1e6:.1f} MB) and {metadata_path(args.format, args.out)} in "
           f"{time.perf_counter() - started:.0f} s")
     return 0

@@ -7,8 +7,6 @@ squashed to it) and a model of any size with a photo scale. LiteRT and ONNX test
 
 import importlib.util
 import json
-import subprocess
-import sys
 import zipfile
 
 import keras
@@ -16,7 +14,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import stoneseg.model
 from stoneseg import export
 from stoneseg.model import build_unet
 
@@ -61,9 +58,9 @@ def run(capsys, *argv):
     return status, out, err
 
 
-def assert_one_error_line(err, *fragments):
+def assert_one_error_line(err, *fragments, prog="export"):
     lines = err.strip().splitlines()
-    assert lines[-1].startswith("python -m stoneseg.export: error: "), err
+    assert lines[-1].startswith(f"{prog}: error: "), err
     assert "Traceback" not in err
     for fragment in fragments:
         assert fragment in lines[-1], (fragment, lines[-1])
@@ -79,21 +76,6 @@ def no_leftovers(folder):
 
 
 # ----------------------------------------------------------------------------- the command line
-def test_output_stride_is_the_models():
-    assert export.OUTPUT_STRIDE == stoneseg.model.OUTPUT_STRIDE  # repeated in export so that --help needs no Keras
-
-
-def test_help_does_not_import_tensorflow():
-    code = ("import runpy, sys\n"
-            "sys.argv = ['export', '--help']\n"
-            "try:\n    runpy.run_module('stoneseg.export', run_name='__main__')\n"
-            "except SystemExit:\n    pass\n"
-            "print('IMPORTED' if {'tensorflow', 'keras'} & set(sys.modules) else 'CLEAN')\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "--format {saved_model,litert,onnx}" in result.stdout
-    assert result.stdout.strip().endswith("CLEAN")
-
-
 @pytest.mark.parametrize("arguments, fragment", [
     (["--format", "tensorrt", "--out", "x"], "invalid choice: 'tensorrt'"),
     (["--format", "litert", "--out", "x.tflite", "--input-size", "100"], "100x100"),
@@ -104,7 +86,7 @@ def test_help_does_not_import_tensorflow():
 def test_bad_arguments_get_one_error_line(capsys, tmp_path, arguments, fragment):
     status, _, err = run(capsys, tmp_path / "m.keras", *arguments, "--photo", tmp_path / "p.jpg")
     assert status == 2
-    assert_one_error_line(err, fragment)
+    assert_one_error_line(err, fragment, prog="python -m stoneseg.export")
 
 
 @pytest.mark.parametrize("zipped, problem", [(False, "not a Keras model"),
