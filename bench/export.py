@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from stoneseg import cli, export  # noqa: E402
+from stoneseg import cli, export, inference  # noqa: E402
 
 SIZE = 256
 BATCHES = (1, 8)
@@ -63,7 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-export-") as scratch:
         scratch = Path(scratch)
         if args.model:
-            model, keras_file = export.load_model(args.model), args.model
+            model, keras_file = inference.load_model(args.model), args.model
         else:
             keras.utils.set_random_seed(0)
             model, keras_file = build_unet((SIZE, SIZE, 3)), scratch / "unet.keras"

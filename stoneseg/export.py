@@ -24,7 +24,6 @@ import shutil
 import sys
 import tempfile
 import time
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from stoneseg import cli, io
 from stoneseg.choices import OUTPUT_STRIDE
 from stoneseg.cli import InputError
 from stoneseg.files import partial_path, publish_folder
+from stoneseg.inference import check_model_file, load_model, model_input_size
 
 PROG = "export"
 FORMATS = ("saved_model", "litert", "onnx")
@@ -52,38 +52,12 @@ THRESHOLD = 0.5
 FLOAT_MAX_ABS_DIFF = 1e-4
 FLOAT_MIN_AGREEMENT = 0.999
 QUANTIZED_MIN_AGREEMENT = 0.99
-# A model of any input size is verified on each photo at its scale, centre-cropped to multiples of 32 and
-# to at most this side, which keeps the check to a few seconds on a CPU.
+# A model of any input size is verified on each photo at its scale, mirror-padded to multiples of 32 as
+# predict feeds it, and centre-cropped to at most this side, which keeps the check to seconds on a CPU.
 VERIFY_MAX_SIDE = 1024
 
 
 # ----------------------------------------------------------------------------- the model and its photos
-def check_model_file(path: Path) -> None:
-    """An InputError unless `path` can be a .keras model file (checked before Keras is imported)."""
-    if not path.is_file():
-        raise InputError(f"{path}: no such model file")
-    if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
-        raise InputError(f"{path}: not a Keras model file (a .keras file is a zip archive, this is not)")
-
-
-def load_model(path: Path):
-    """The saved model (safe_mode=True); it must map RGB images to one probability per pixel."""
-    import keras
-
-    import stoneseg.model  # noqa: F401  registers PhotoScale for loading
-
-    check_model_file(path)
-    try:
-        model = keras.models.load_model(path, safe_mode=True)
-    except Exception as error:  # Keras raises ValueError, TypeError, OSError... for a bad file
-        raise InputError(f"{path}: cannot be loaded as a Keras model ({type(error).__name__}: {error})") from None
-    input_shape, output_shape = model.input_shape, model.output_shape
-    if len(input_shape) != 4 or input_shape[-1] != 3 or output_shape[1:] != (*input_shape[1:3], 1):
-        raise InputError(f"{path}: expected a model from RGB images (N, H, W, 3) to one probability per pixel "
-                          f"(N, H, W, 1), got {input_shape} -> {output_shape}")
-    return model
-
-
 def export_input_size(model, model_path: Path, requested: tuple[int, int] | None, format: str):
     """The (height, width) the export takes, or None for any multiple of 32 (SavedModel and ONNX only)."""
     height, width = model.input_shape[1:3]
@@ -94,7 +68,7 @@ def export_input_size(model, model_path: Path, requested: tuple[int, int] | None
         return height, width
     if requested is None and format == "litert":
         raise InputError(f"{model_path} takes images of any size and a LiteRT model needs a fixed one: give "
-                          "--input-size (e.g. the crop size it was trained on)")
+                         "--input-size (e.g. the crop size it was trained on, train --crop)")
     return requested
 
 
@@ -104,17 +78,14 @@ def verification_image(photo: Path, model_size: tuple[int, int] | None, scale: f
 
     A model of one size gets the photo squashed to that size, as predict does. A model of any size gets
     the photo resized by its scale (1 if it has none), then centre-cropped or mirror-padded to the
-    export's input size, or, without one, cropped to multiples of 32 of at most VERIFY_MAX_SIDE.
+    export's input size, or, without one, mirror-padded to multiples of 32 (as predict does) of at
+    most VERIFY_MAX_SIDE.
     """
     if model_size is not None:
         return io.read_photo(photo, model_size)[0]
     image = io.read_photo(photo, io.Scale(scale or 1.0))[0]
     if input_size is None:
-        height, width = image.shape[:2]
-        if min(height, width) < OUTPUT_STRIDE:
-            raise io.ImageError(str(photo), f"{width}x{height} at scale {scale or 1.0} is smaller than "
-                                            f"{OUTPUT_STRIDE} pixels, too small to verify an export on")
-        input_size = tuple(min(VERIFY_MAX_SIDE, side - side % OUTPUT_STRIDE) for side in (height, width))
+        input_size = tuple(min(VERIFY_MAX_SIDE, side + -side % OUTPUT_STRIDE) for side in image.shape[:2])
     return _fit(image, input_size)
 
 
@@ -293,8 +264,9 @@ def describe(args: argparse.Namespace, scale: float | None, input_size, verified
         resize = "squash each whole photo to the input height x width (area interpolation), as stoneseg.predict does"
     else:
         resize = (f"resize each photo by photo_scale with its aspect ratio kept (a side of n pixels becomes "
-                  f"ceil(n * {scale:g})), then feed it in pieces of the input size (or, where the input size "
-                  "is free, whole, with sides cropped or padded to multiples of 32)")
+                  f"ceil(n * {scale:g})), then feed it whole, mirror-padded at the bottom and right to multiples "
+                  "of 32 (crop the output back), or in overlapping tiles of the input size, as stoneseg.predict "
+                  "does")
     return {
         "format": args.format,
         "source": args.model.name,
@@ -411,9 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model)
     scale = model_scale(model)
     input_size = export_input_size(model, args.model, args.input_size, args.format)
-    model_size = model.input_shape[1:3] if None not in model.input_shape[1:3] else None
     try:
-        images = [verification_image(photo, model_size, scale, input_size) for photo in args.photo]
+        images = [verification_image(photo, model_input_size(model), scale, input_size) for photo in args.photo]
     except io.ImageError as error:
         raise InputError(str(error)) from None
     shape = "x".join(map(str, input_size)) if input_size else f"any multiple of {OUTPUT_STRIDE}"

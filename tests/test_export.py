@@ -177,15 +177,21 @@ def test_an_export_that_disagrees_is_not_published(capsys, monkeypatch, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_scale_model_is_checked_on_the_photo_at_its_scale(photo):
-    full = export.io.read_photo(photo, export.io.Scale(1.0))[0]
+def test_photos_are_checked_as_predict_feeds_them(photo):
+    """A scale model: the photo resized by its scale, mirrored out to multiples of 32 at the bottom and
+    right (or centre-cropped to a fixed input size); a squash model: the photo squashed to its size."""
+    scaled = export.io.read_photo(photo, export.io.Scale(SCALE))[0]
+    height, width = scaled.shape[:2]
     image = export.verification_image(photo, None, SCALE, None)
-    expected = export.io.read_photo(photo, export.io.Scale(SCALE))[0].shape[:2]
-    assert image.shape[:2] == tuple(side - side % 32 for side in expected) and image.dtype == np.uint8
-    assert image.shape[0] < full.shape[0] * SCALE + 1
-    assert export.verification_image(photo, None, SCALE, (64, 96)).shape == (64, 96, 3)
-    assert export.verification_image(photo, None, SCALE, (1024, 1024)).shape == (1024, 1024, 3)  # mirror-padded
-    assert export.verification_image(photo, (64, 64), None, (64, 64)).shape == (64, 64, 3)
+    assert image.shape == (height + -height % 32, width + -width % 32, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image[:height, :width], scaled)
+    np.testing.assert_array_equal(image[height:, :width], scaled[height - 2:height - 2 - (-height % 32):-1][:, :width])
+    crop = export.verification_image(photo, None, SCALE, (64, 96))
+    np.testing.assert_array_equal(crop, scaled[(height - 64) // 2:(height - 64) // 2 + 64,
+                                               (width - 96) // 2:(width - 96) // 2 + 96])
+    np.testing.assert_array_equal(export.verification_image(photo, None, SCALE, (1024, 1024))[:height, :width], scaled)
+    np.testing.assert_array_equal(export.verification_image(photo, (64, 64), None, (64, 64)),
+                                  export.io.read_photo(photo, (64, 64))[0])
 
 
 # ----------------------------------------------------------------------------- each format, for real
