@@ -16,7 +16,7 @@ from stoneseg import cli
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {"tools.build_records": "build_records", "tools.make_sample": "make_sample", "stoneseg.train": "train",
-            "stoneseg.predict": "predict", "stoneseg.evaluate": "evaluate"}
+            "stoneseg.predict": "predict", "stoneseg.evaluate": "evaluate", "stoneseg.export": "export"}
 
 
 def run(module, *args, timeout=300):
@@ -117,6 +117,18 @@ MISTAKES = {
     "evaluate, empty data": ("stoneseg.evaluate", "{model64.keras} --data {empty} --out {new}", "no photo/mask pairs"),
     "evaluate, report exists": ("stoneseg.evaluate", "{model64.keras} --data {empty} --out {empty}", "exists"),
     "evaluate, bad threshold": ("stoneseg.evaluate", "m.keras --data d --threshold -1", "--threshold"),
+    "export, text file as model": ("stoneseg.export",
+                                   "{notes.txt} --format saved_model --out {new} --photo {notes.jpg}",
+                                   "{notes.txt}: not a Keras model file"),
+    "export, unknown format": ("stoneseg.export", "m.keras --format tensorrt --out o --photo p.jpg",
+                               "invalid choice: 'tensorrt'"),
+    "export, bad input size": ("stoneseg.export",
+                               "m.keras --format litert --out o.tflite --photo p.jpg --input-size 100",
+                               "--input-size 100x100: each side must be a positive multiple of 32"),
+    "export, out exists": ("stoneseg.export", "{model64.keras} --format saved_model --out {empty} --photo {notes.jpg}",
+                           "{empty} exists; pass --overwrite"),
+    "export, missing photo": ("stoneseg.export", "{model64.keras} --format saved_model --out {new} --photo {missing}",
+                              "{missing}: no such photo"),
 }
 
 
