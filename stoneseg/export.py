@@ -19,8 +19,6 @@ import argparse
 import contextlib
 import importlib.util
 import json
-import os
-import shutil
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ import numpy as np
 from stoneseg import cli, io
 from stoneseg.choices import OUTPUT_STRIDE
 from stoneseg.cli import InputError
-from stoneseg.files import partial_path, publish_folder
+from stoneseg.files import partial_path, staged_folder
 from stoneseg.inference import check_model_file, load_model, model_input_size
 
 PROG = "export"
@@ -294,12 +292,8 @@ def staged_output(format: str, out: Path):
         with partial_path(out) as staging, partial_path(metadata_path(format, out)) as staging_metadata:
             yield staging, staging_metadata
         return
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    try:
+    with staged_folder(out, overwrite=True) as staging:  # main() refused an existing --out without --overwrite
         yield staging, metadata_path(format, staging)
-        publish_folder(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def file_size(path: Path) -> int:

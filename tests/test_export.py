@@ -161,7 +161,7 @@ def test_compare_and_verdict_apply_the_limits():
 def test_an_export_that_disagrees_is_not_published(capsys, monkeypatch, tmp_path, squash_model, photo, format, out):
     """A converter bug that shifts the probabilities by 2e-4 fails the check; nothing appears at --out."""
     def write_stand_in(model, format, path, input_size, quantize=None):
-        (path.mkdir() if format == "saved_model" else path.write_bytes(b"stand-in"))
+        (path.mkdir(exist_ok=True) if format == "saved_model" else path.write_bytes(b"stand-in"))
         write_stand_in.model = model
 
     def open_shifted(format, path, threads=None):
