@@ -10,6 +10,8 @@ import tensorflow as tf
 from stoneseg.cli import InputError
 from stoneseg.data import load_manifest, make_dataset, read_examples
 
+AutoShardPolicy = tf.data.experimental.AutoShardPolicy
+
 
 def records_read_directly(records, split):
     """(name, image) of every record of `split`, read shard by shard in the manifest's order with plain
@@ -93,6 +95,9 @@ def test_workers_get_disjoint_shards_that_cover_the_split(tiny_records):
         seen = []
         for index in range(workers):
             dataset = make_dataset(tiny_records, "train", batch_size=1, training=False, num_workers=workers)
+            # By file, down to as many shards as workers: with one record per shard, dealing out records
+            # would give each worker the same photos, but every worker would read every shard.
+            assert dataset.options().experimental_distribute.auto_shard_policy == AutoShardPolicy.FILE
             seen.append({np.asarray(image).tobytes() for image, _ in _AutoShardDataset(dataset, workers, index, workers)})
         assert sum(len(photos) for photos in seen) == len(set().union(*seen)) == train["examples"]
         assert all(photos for photos in seen)
@@ -210,6 +215,7 @@ def test_with_fewer_shards_than_workers_each_worker_gets_its_own_records(tiny_ph
     seen = []
     for index in range(4):
         dataset = make_dataset(records, "train", batch_size=1, training=False, num_workers=4)
+        assert dataset.options().experimental_distribute.auto_shard_policy == AutoShardPolicy.DATA
         seen.append([np.asarray(image).tobytes() for image, _ in _AutoShardDataset(dataset, 4, index, 4)])
     assert [len(photos) for photos in seen] == [2, 2, 2, 2]
     assert len(set().union(*seen)) == 8
