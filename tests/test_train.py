@@ -395,3 +395,26 @@ def test_the_xla_compiled_network_overfits_one_image_augmented_in_the_train_step
     assert losses[-1] <= losses[0] / 2, f"loss went from {losses[0]:.4f} to {losses[-1]:.4f}"
     trainer.evaluate(images, masks, verbose=0)
     assert int(augmentation.batches.numpy()) == 30
+
+
+class HostOnly(keras.layers.Layer):
+    """Adds zeros computed on the host by NumPy (tf.numpy_function): an op XLA has no kernel for."""
+
+    def call(self, x):
+        zeros = tf.numpy_function(lambda array: np.zeros_like(array), [x], x.dtype, stateful=False)
+        return x + tf.stop_gradient(tf.ensure_shape(zeros, x.shape))
+
+
+@pytest.mark.parametrize("jit_network", [False, True], ids=["eager graph", "XLA"])
+def test_jit_network_really_compiles_the_networks_step_with_xla(jit_network):
+    """The overfit test above passes with or without XLA; this one tells them apart: a network holding an op
+    that XLA cannot compile trains without jit_network and is refused by XLA with it."""
+    images, masks = one_stone(32)
+    inputs = keras.Input((32, 32, 3))
+    network = keras.Model(inputs, keras.layers.Activation("sigmoid")(HostOnly()(keras.layers.Conv2D(1, 1)(inputs))))
+    trainer = trainer_for(network, NoAugmentation(), keras.optimizers.SGD(0.1), jit_network=jit_network)
+    if not jit_network:
+        trainer.fit(images, masks, batch_size=1, epochs=1, verbose=0)
+        return
+    with pytest.raises(tf.errors.InvalidArgumentError, match="unsupported operations when trying to compile"):
+        trainer.fit(images, masks, batch_size=1, epochs=1, verbose=0)
