@@ -96,10 +96,12 @@ def test_split_is_by_source_disjoint_complete_and_deterministic():
 
 
 def test_the_stones20_split_quoted_in_the_readme(stones20):
-    """README: seed 42, --test-fraction 0.15, val 0.2 by default: 13 train, val Image01, 02, 16, 18, test
-    Image06, 09, 12."""
+    """README: the quick start's command (only --test-fraction 0.15 given: val 0.2 and seed 42 by default)
+    makes 13 train, val Image01, 02, 16, 18, test Image06, 09, 12."""
     names = [pair.photo for pair in find_pairs(stones20).pairs]
-    splits = build_records.split_sources(names, 0.2, 0.15, seed=42)
+    args = build_records.parse_args(["--data", str(stones20), "--out", "data/stones20-records", "--test-fraction",
+                                     "0.15"])
+    splits = build_records.split_sources(names, args.val_fraction, args.test_fraction, args.seed)
     assert len(splits["train"]) == 13
     assert sorted(splits["val"]) == ["Image01.JPG", "Image02.JPG", "Image16.JPG", "Image18.JPG"]
     assert sorted(splits["test"]) == ["Image06.JPG", "Image09.JPG", "Image12.JPG"]
