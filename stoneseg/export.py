@@ -31,7 +31,7 @@ import numpy as np
 from stoneseg import cli, io
 from stoneseg.choices import OUTPUT_STRIDE
 from stoneseg.cli import InputError
-from stoneseg.files import partial_path, staged_folder
+from stoneseg.files import partial_path, recover, staged_folder
 from stoneseg.inference import check_model_file, load_model, model_input_size
 
 PROG = "export"
@@ -370,6 +370,8 @@ def check_inputs(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Export, verify and publish; 0 on success, 1 with one error line otherwise."""
     args = parse_args(argv)
+    for note in recover(args.out.parent, args.out.name):  # a SavedModel folder a killed run left half published
+        print(f"{PROG}: {note}", file=sys.stderr)
     check_inputs(args)
     cli.import_tensorflow()
     from stoneseg.model import model_scale

@@ -7,12 +7,14 @@ squashed to it) and a model of any size with a photo scale. LiteRT and ONNX test
 
 import importlib.util
 import json
+import signal
 import zipfile
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from killed_publish import publish_in_a_process
 
 from stoneseg import export
 from stoneseg.model import build_unet
@@ -118,6 +120,23 @@ def test_an_existing_description_beside_the_out_is_refused_too(capsys, tmp_path,
     status, _, err = run(capsys, squash_model, "--format", "onnx", "--out", tmp_path / "model.onnx", "--photo", photo)
     assert status == 1
     assert_one_error_line(err, "model.onnx.json exists")
+
+
+def test_a_saved_model_replacement_killed_midway_is_put_back_by_the_next_run(capsys, tmp_path, squash_model, photo):
+    """A --overwrite export SIGKILLed after moving the earlier SavedModel folder aside, before renaming its
+    own into place (the same files.staged_folder publish): the next run puts the earlier one back, then
+    refuses to replace it without --overwrite."""
+    out = tmp_path / "sm"
+    out.mkdir()
+    (out / "saved_model.pb").write_text("an earlier export")
+    assert publish_in_a_process("folder", out, kill_before_rename=1) == -signal.SIGKILL
+    assert not out.exists()
+    status, _, err = run(capsys, squash_model, "--format", "saved_model", "--out", out, "--photo", photo)
+    assert status == 1 and "put back what it had moved aside" in err
+    assert_one_error_line(err, f"{out} exists; pass --overwrite")
+    assert [path.name for path in out.iterdir()] == ["saved_model.pb"]
+    assert (out / "saved_model.pb").read_text() == "an earlier export"
+    assert [path.name for path in tmp_path.iterdir()] == ["sm"]
 
 
 def test_a_missing_photo_is_named(capsys, tmp_path, squash_model):
