@@ -40,3 +40,30 @@ def tiny_records(tiny_photos, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "records"
     assert build_records(["--data", str(tiny_photos), "--out", str(out), "--size", "64", "--workers", "1"]) == 0
     return out
+
+
+@pytest.fixture
+def network_inputs(monkeypatch):
+    """The shapes of the image batches the network receives during a run, in order (stoneseg.inference's
+    run_model inputs, before a short batch is padded)."""
+    from stoneseg import inference
+
+    shapes = []
+    real = inference.run_model
+
+    def recording(model, images, batch_size):
+        shapes.append(images.shape)
+        return real(model, images, batch_size)
+
+    monkeypatch.setattr(inference, "run_model", recording)
+    return shapes
+
+
+@pytest.fixture
+def mixed_float16():
+    """Keras' mixed_float16 policy for one test, float32 again after it."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")

@@ -15,7 +15,7 @@ from keras import layers
 from killed_publish import publish_in_a_process
 from tiny_models import brightness, brightness_model
 
-from stoneseg import evaluate, inference, io
+from stoneseg import evaluate, io
 from stoneseg.data import load_manifest, read_examples
 from stoneseg.metrics import BinaryDice
 from stoneseg.model import build_unet
@@ -58,20 +58,6 @@ def scale_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "scale.keras"
     brightness_model(None, scale=0.5).save(path)
     return path
-
-
-@pytest.fixture
-def network_inputs(monkeypatch):
-    """The shapes of the image batches the network receives during a run."""
-    shapes = []
-    real = inference.run_model
-
-    def recording(model, images, batch_size):
-        shapes.append(images.shape)
-        return real(model, images, batch_size)
-
-    monkeypatch.setattr(inference, "run_model", recording)
-    return shapes
 
 
 def run(capsys, *argv):

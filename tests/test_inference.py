@@ -12,20 +12,6 @@ from stoneseg import inference, io
 from stoneseg.inference import Inference, InputError
 
 
-@pytest.fixture
-def network_inputs(monkeypatch):
-    """The shapes of the image batches the network receives, in order (before a short batch is padded)."""
-    shapes = []
-    real = inference.run_model
-
-    def recording(model, images, batch_size):
-        shapes.append(images.shape)
-        return real(model, images, batch_size)
-
-    monkeypatch.setattr(inference, "run_model", recording)
-    return shapes
-
-
 def smooth_photo(height, width, seed=0):
     """A smooth RGB photo that crosses grey 128 often, so a brightness map has both classes everywhere."""
     noise = np.random.default_rng(seed).integers(0, 256, (19, 27, 3), dtype=np.uint8)

@@ -137,13 +137,6 @@ def test_several_classes_get_a_softmax():
     np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-5)
 
 
-@pytest.fixture
-def mixed_float16():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    yield
-    keras.mixed_precision.set_global_policy("float32")
-
-
 def test_mixed_precision_computes_in_float16_but_outputs_float32(mixed_float16):
     model = build_unet((64, 64, 3))
     assert model.get_layer("head_conv").compute_dtype == "float16"

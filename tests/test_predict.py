@@ -174,20 +174,6 @@ def test_tiled_cli_on_photos_smaller_and_larger_than_a_tile(capsys, tmp_path, ti
         assert np.mean((mask > 0) == (whole >= 0.5)) > 0.99
 
 
-@pytest.fixture
-def network_inputs(monkeypatch):
-    """The shapes of the image batches the network receives during a run (before a short batch is padded)."""
-    shapes = []
-    real = inference.run_model
-
-    def recording(model, images, batch_size):
-        shapes.append(images.shape)
-        return real(model, images, batch_size)
-
-    monkeypatch.setattr(inference, "run_model", recording)
-    return shapes
-
-
 def disk_photo(path, height, width):
     """A bright disk on a dark photo, written as PNG (exact pixels); returns its true stone mask."""
     photo = np.full((height, width, 3), 30, np.uint8)

@@ -351,13 +351,6 @@ def trainer_for(network, augmentation, optimizer, jit_network=False):
     return trainer
 
 
-@pytest.fixture
-def mixed_float16():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    yield
-    keras.mixed_precision.set_global_policy("float32")
-
-
 def test_a_mixed_precision_step_moves_the_weights_as_a_float32_step_does(mixed_float16):
     """--mixed-precision: float16 compute with loss scaling. From the same weights, one SGD step of the
     trainer moves the float32 head kernel by -lr x its float32 gradient, to float16 precision; without the
