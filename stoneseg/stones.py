@@ -6,6 +6,7 @@ files and command lines live in `stoneseg.predict` and `stoneseg.evaluate`, whic
 - `split_stones`: a mask (or probability map) at the photo's full size → instance labels, touching
   stones separated by a distance-transform watershed with seeds at least `min_distance` apart, pieces
   joined by a wide neck merged back.
+- `stone_regions`: a mask → its 8-connected regions unsplit (the count before splitting, for comparison).
 - `true_stones`: a true mask → its 8-connected regions (the true masks separate touching stones
   with thin background gaps, so each region is one stone).
 - `measure_stones`: labels → `StoneTable`, one row per stone (centroid, area, equivalent-circle
@@ -257,6 +258,15 @@ def _fit_to_mask(labels: np.ndarray, mask: np.ndarray, factor: int) -> np.ndarra
     size = (grown.shape[1] * factor, grown.shape[0] * factor)
     full = cv2.resize(grown, size, interpolation=cv2.INTER_NEAREST)[:height, :width]
     return np.multiply(full, mask, dtype=np.uint16)
+
+
+def stone_regions(stones: np.ndarray, threshold: float = 0.5, min_area: float | None = None) -> np.ndarray:
+    """uint16 labels of a mask's (or probability map's) 8-connected regions as they are, touching stones
+    not separated: what `split_stones` improves on, kept to score it against. Regions smaller than
+    `min_area` pixels (default MIN_STONE_FRACTION of the photo) are dropped, as `split_stones` drops them."""
+    mask = stone_mask(stones, threshold)
+    min_area = MIN_STONE_FRACTION * mask.size if min_area is None else float(min_area)
+    return _drop_small(true_stones(mask), min_area)
 
 
 def true_stones(mask: np.ndarray) -> np.ndarray:

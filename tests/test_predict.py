@@ -4,7 +4,6 @@ tiling, bad files, no clobbering. The models are tiny hand-made networks whose o
 
 import csv
 import shutil
-import tracemalloc
 from pathlib import Path
 
 import cv2
@@ -14,7 +13,7 @@ import pytest
 from jpeg_exif import with_exif_orientation
 from tiny_models import brightness_model
 
-from stoneseg import inference, predict
+from stoneseg import inference, predict, stones
 from stoneseg.model import build_unet
 from stoneseg.io import MASK_THRESHOLD
 
@@ -58,7 +57,10 @@ def test_masks_have_the_photos_size_are_binary_and_labels_are_skipped(capsys, tm
     assert status == 0
     photos = sorted(p for p in tiny_photos.glob("*.JPG"))
     assert len(photos) == 10
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{p.stem}_mask.png" for p in photos] + ["predictions.csv"])
+    per_photo = ("_mask.png", "_instances.png", "_stones.csv", "_sizes.png")
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{p.stem}{suffix}" for p in photos for suffix in per_photo]
+        + ["predictions.csv", "predictions_sizes.csv", "predictions_sizes.png"])
     for photo in photos:
         mask = read_mask(out / f"{photo.stem}_mask.png")
         assert mask.shape == (96, 128)
@@ -244,21 +246,19 @@ def test_a_scale_out_of_range_is_one_error_line_and_nothing_is_written(capsys, t
     assert not (tmp_path / "out").exists()
 
 
-def test_writing_a_mask_holds_its_labels_and_no_wider_copy(tmp_path):
-    """NumPy's allocations while a 2000 x 300 mask of 40 stones is counted and written: the int32 labels
-    (2.4 MB) and bands of rows. Widening all labels to int64 at once (4.8 MB more) would show."""
+def test_writing_a_tall_mask_of_40_stones(tmp_path):
+    """write_outputs on a 2000 x 300 mask of 40 separate discs (r = 20): 40 stones, each measured about
+    40 px across, the mask written as given and the 16-bit instances holding the same pixels."""
     mask = np.zeros((2000, 300), np.uint8)
     for index in range(40):
         cv2.circle(mask, (150, 25 + 50 * index), 20, 255, -1)
-    tracemalloc.start()
-    try:
-        row = predict.write_outputs(tmp_path / "tall.png", mask, tmp_path, overlay=False)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert (row.stone_count, row.width, row.height) == (40, 300, 2000)
-    assert peak < mask.size * 4 + 2_000_000, f"peak {peak:,} bytes"
+    args = predict.parse_args(["m.keras", "tall.png", "--out", str(tmp_path)])
+    row, table = predict.write_outputs(tmp_path / "tall.png", mask, args)
+    assert (row.stone_count, row.edge_stones, row.width, row.height) == (40, 0, 300, 2000)
+    assert len(table) == 40 and np.allclose(table.columns["diameter_px"], 41, atol=1)
     assert (read_mask(tmp_path / "tall_mask.png") == mask).all()
+    labels = stones.decode_instances_png((tmp_path / "tall_instances.png").read_bytes())
+    assert ((labels > 0) == (mask > 0)).all() and len(np.unique(labels)) == 41
 
 
 def test_corrupt_and_empty_files_are_reported_by_name_and_the_rest_predicted(capsys, tmp_path, model64, tiny_photos):
@@ -278,8 +278,8 @@ def test_corrupt_and_empty_files_are_reported_by_name_and_the_rest_predicted(cap
     assert any("Empty.png" in line and "empty" in line for line in error_lines)
     assert stderr.count("Broken.jpg") == stderr.count("Empty.png") == 1  # said once; the summary is a count
     assert "2 of 5 photo(s) failed" in stderr
-    assert sorted(p.name for p in out.iterdir()) == [
-        "Image01_mask.png", "Image02_mask.png", "Image03_mask.png", "predictions.csv"]
+    assert sorted(p.name for p in out.glob("*_mask.png")) == ["Image01_mask.png", "Image02_mask.png", "Image03_mask.png"]
+    assert not list(out.glob("Broken*")) and not list(out.glob("Empty*"))
     assert [Path(row["file"]).name for row in read_rows(out)] == ["Image01.JPG", "Image02.JPG", "Image03.JPG"]
 
 
@@ -292,29 +292,36 @@ def test_existing_outputs_are_listed_and_nothing_is_written_without_overwrite(ca
 
     status, _, stderr = run(capsys, model64, *photos, "--out", out, "--overlay")
     assert status == 1
-    assert "3 output(s) exist already" in stderr and "nothing was written" in stderr
+    assert "11 output(s) exist already" in stderr and "nothing was written" in stderr  # 4 per photo and 3 of the run
     assert str(out / "Image02_mask.png") in stderr and str(out / "predictions.csv") in stderr
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # no overlay, nothing replaced
 
     assert run(capsys, model64, *photos, "--out", out, "--overlay", "--overwrite")[0] == 0
     assert read_mask(out / "Image02_mask.png").shape == (96, 128)
-    assert sorted(path.name for path in out.iterdir()) == [
-        "Image01_mask.png", "Image01_overlay.jpg", "Image02_mask.png", "Image02_overlay.jpg", "predictions.csv"]
+    assert sorted(path.name for path in out.glob("*_overlay.jpg")) == ["Image01_overlay.jpg", "Image02_overlay.jpg"]
 
 
-def test_overlay_is_the_photo_with_stones_tinted_and_outlined(capsys, tmp_path, model64):
+def test_overlay_outlines_each_stone_in_its_own_colour(capsys, tmp_path, model_full):
+    """Two grey discs on a dark photo: the overlay keeps the photo's pixels except for a saturated
+    outline along each disc's edge, in a different colour for each."""
     photo = np.full((300, 400, 3), 40, np.uint8)
-    cv2.circle(photo, (200, 150), 90, (200, 200, 200), -1)
-    write_jpeg(tmp_path / "one.jpg", photo)
+    cv2.circle(photo, (110, 150), 70, (200, 200, 200), -1)
+    cv2.circle(photo, (290, 150), 70, (200, 200, 200), -1)
+    write_jpeg(tmp_path / "two.jpg", photo)
     out = tmp_path / "out"
-    assert run(capsys, model64, tmp_path / "one.jpg", "--out", out, "--overlay")[0] == 0
-    overlay = cv2.cvtColor(cv2.imread(str(out / "one_overlay.jpg")), cv2.COLOR_BGR2RGB).astype(int)
+    assert run(capsys, model_full, tmp_path / "two.jpg", "--out", out, "--overlay")[0] == 0
+    overlay = cv2.cvtColor(cv2.imread(str(out / "two_overlay.jpg")), cv2.COLOR_BGR2RGB).astype(int)
     assert overlay.shape == (300, 400, 3)
-    assert np.abs(overlay[:40, :40] - 40).max() < 8  # background untouched
-    centre = overlay[130:170, 180:220].mean(axis=(0, 1))
-    assert centre[1] > centre[0] + 40 and centre[1] > centre[2] + 20  # stone tinted green
-    ring = overlay[150, 105:115]  # the outline at the disk's left edge (x = 110)
-    assert (ring[:, 0] > 180).any() and (ring[:, 1] > 180).any() and (ring[:, 2] < 120).any()  # yellow
+    assert np.abs(overlay[:30, :30] - 40).max() < 8 and np.abs(overlay[130:170, 90:130] - 200).max() < 12  # untouched
+    saturated = np.ptp(overlay, axis=2) > 80  # grey photo pixels have none: these are outline pixels
+    y, x = np.mgrid[:300, :400]
+    colours = []
+    for centre in (110, 290):
+        ring = np.abs(np.hypot(x - centre, y - 150) - 68) <= 3  # just inside the disc's edge
+        assert saturated[ring].sum() > 0.8 * 2 * np.pi * 68  # all the way round, at least one pixel wide
+        assert saturated[~ring & (np.abs(x - centre) < 100)].mean() < 0.01
+        colours.append(overlay[ring & saturated].mean(axis=0))
+    assert np.abs(colours[0] - colours[1]).max() > 60  # two colours
 
 
 def test_folder_scan_takes_photos_only_once_and_refuses_clashing_names(tmp_path):
@@ -352,15 +359,109 @@ def test_when_no_photo_succeeds_nothing_is_written_and_the_fixed_photo_goes_thro
     assert "predict: 1/1 photos" in stdout and "\x1b" not in stdout  # plain progress when not a terminal
 
 
-def test_overlay_outline_width_grows_with_the_photo():
-    """One pixel of outline per OVERLAY_OUTLINE_PIXELS_PER_WIDTH pixels of the shorter side: count the
-    outline's pixels along a row crossing a square stone's left edge."""
-    for side in (300, 2000):
-        photo = np.full((side, side, 3), 40, np.uint8)
-        mask = np.zeros((side, side), np.uint8)
-        mask[side // 4:3 * side // 4, side // 4:3 * side // 4] = 255
-        overlay = predict.draw_overlay(photo, mask)
-        row = overlay[side // 2, :side // 2].astype(int)
-        outline = np.sum((row[:, 0] > 180) & (row[:, 1] > 150) & (row[:, 2] < 120))
-        expected = max(1, round(side / predict.OVERLAY_OUTLINE_PIXELS_PER_WIDTH))
-        assert abs(outline - expected) <= 1, (side, outline, expected)
+# ----------------------------------------------------------------------------- stones
+@pytest.fixture(scope="module")
+def model_full(tmp_path_factory):
+    """The brightness model at scale 1: a small photo runs whole at its own size, so the mask is exactly
+    the bright pixels (grey above 128) and the stones are the shapes drawn."""
+    path = tmp_path_factory.mktemp("models") / "brightness-full.keras"
+    brightness_model(None, scale=1.0).save(path)
+    return path
+
+
+def read_table(path):
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_touching_discs_become_two_measured_stones_and_an_edge_stone_is_flagged(capsys, tmp_path, model_full):
+    """Two discs of radius 40 whose centres are 76 px apart (they overlap in a narrow neck) and a disc of
+    radius 30 cut by the right edge, on a 240 x 320 photo at 0.5 mm per pixel."""
+    photo = np.full((240, 320, 3), 20, np.uint8)
+    for x, y, radius in ((80, 100, 40), (156, 100, 40), (300, 180, 30)):
+        cv2.circle(photo, (x, y), radius, (235, 235, 235), -1)
+    cv2.imwrite(str(tmp_path / "discs.png"), photo)
+    out = tmp_path / "out"
+    assert run(capsys, model_full, tmp_path / "discs.png", "--out", out, "--mm-per-pixel", "0.5")[0] == 0
+
+    rows = sorted(read_table(out / "discs_stones.csv"), key=lambda row: float(row["centroid_x"]))
+    assert list(rows[0]) == ["id", "centroid_x", "centroid_y", "area_px", "diameter_px", "major_axis_px",
+                             "minor_axis_px", "touches_edge", "area_mm2", "diameter_mm", "major_axis_mm",
+                             "minor_axis_mm"]
+    assert len(rows) == 3
+    left, right, edge = rows
+    for stone, x in ((left, 78), (right, 158)):  # each piece is a disc less half the lens: centroid a bit outward
+        assert float(stone["centroid_x"]) == pytest.approx(x, abs=2.5)
+        assert float(stone["centroid_y"]) == pytest.approx(100, abs=1)
+        assert float(stone["diameter_px"]) == pytest.approx(80, rel=0.04)  # equivalent circle of ~pi 40^2
+        assert float(stone["major_axis_px"]) == pytest.approx(80, rel=0.06)
+        assert float(stone["diameter_mm"]) == pytest.approx(float(stone["diameter_px"]) * 0.5, rel=1e-4)
+        assert float(stone["area_mm2"]) == pytest.approx(int(stone["area_px"]) * 0.25, rel=1e-4)
+        assert stone["touches_edge"] == "0"
+    assert edge["touches_edge"] == "1" and float(edge["centroid_x"]) > 290
+
+    labels = stones.decode_instances_png((out / "discs_instances.png").read_bytes())
+    assert labels.dtype == np.uint16 and labels.shape == (240, 320) and len(np.unique(labels)) == 4
+    assert labels[100, 80] != labels[100, 156] and labels[100, 80] and labels[100, 156] and not labels[10, 10]
+
+    row, = read_rows(out)
+    assert (row["stone_count"], row["edge_stones"], row["size_unit"]) == ("3", "1", "mm")
+    # The distribution holds the two discs only (the edge stone is left out): D values near 40 mm.
+    for key in ("d10", "d50", "d80"):
+        assert float(row[key]) == pytest.approx(40, rel=0.04)
+    pooled = read_table(out / "predictions_sizes.csv")
+    assert [r["percent_passing"] for r in pooled] == [str(p) for p in range(10, 100, 10)]
+    assert float(pooled[4]["diameter_mm"]) == pytest.approx(float(row["d50"]), rel=1e-3)
+    assert float(pooled[4]["diameter_px"]) == pytest.approx(2 * float(row["d50"]), rel=1e-3)
+    for curve in ("discs_sizes.png", "predictions_sizes.png"):
+        assert cv2.imread(str(out / curve)) is not None
+
+    # --include-edge puts the truncated stone into the distribution: D10 falls to its size.
+    assert run(capsys, model_full, tmp_path / "discs.png", "--out", tmp_path / "all", "--include-edge")[0] == 0
+    row, = read_rows(tmp_path / "all")
+    assert row["size_unit"] == "px" and float(row["d10"]) < 0.9 * 80
+
+
+def test_a_photo_without_stones_gets_an_empty_table_and_no_curve(capsys, tmp_path, model_full):
+    photo = np.full((120, 160, 3), 20, np.uint8)
+    cv2.imwrite(str(tmp_path / "belt.png"), photo)
+    out = tmp_path / "out"
+    status, stdout, stderr = run(capsys, model_full, tmp_path / "belt.png", "--out", out)
+    assert status == 0 and "error" not in stderr
+    assert (out / "belt_stones.csv").read_text().splitlines() == [
+        "id,centroid_x,centroid_y,area_px,diameter_px,major_axis_px,minor_axis_px,touches_edge"]
+    assert not (out / "belt_sizes.png").exists() and not (out / "predictions_sizes.png").exists()
+    assert (out / "predictions_sizes.csv").read_text() == "percent_passing,diameter_px\n"
+    row, = read_rows(out)
+    assert (row["stone_count"], row["d10"], row["d50"], row["d80"]) == ("0", "", "", "")
+    assert not stones.decode_instances_png((out / "belt_instances.png").read_bytes()).any()
+    assert "none in the size distribution" in stdout
+
+
+def test_one_huge_region_is_split_and_a_mask_of_stone_only_is_one_error_line(capsys, tmp_path, model_full):
+    """A bright photo with a thin dark frame is one region covering almost everything: split like any
+    other, quickly. A photo bright everywhere leaves no background to measure from: one error line names
+    it, and the other photo is still predicted."""
+    huge = np.full((400, 600, 3), 235, np.uint8)
+    cv2.rectangle(huge, (0, 0), (599, 399), (20, 20, 20), 2)
+    cv2.imwrite(str(tmp_path / "huge.png"), huge)
+    cv2.imwrite(str(tmp_path / "white.png"), np.full((100, 100, 3), 235, np.uint8))
+    out = tmp_path / "out"
+    status, _, stderr = run(capsys, model_full, tmp_path / "huge.png", tmp_path / "white.png", "--out", out)
+    assert status == 1
+    errors = [line for line in stderr.splitlines() if "error" in line]
+    assert errors[0].startswith(f"predict: error: {tmp_path / 'white.png'}: cannot split the predicted mask")
+    assert "stone everywhere" in errors[0] and "Traceback" not in stderr
+    row, = read_rows(out)
+    assert row["file"] == str(tmp_path / "huge.png") and int(row["stone_count"]) >= 1
+    assert not list(out.glob("white_*"))
+
+
+@pytest.mark.parametrize("value", ["0", "-0.2"])
+def test_mm_per_pixel_must_be_positive(capsys, tmp_path, value):
+    with pytest.raises(SystemExit) as stopped:
+        predict.main(["m.keras", "x.jpg", "--out", str(tmp_path / "out"), "--mm-per-pixel", value])
+    stderr = capsys.readouterr().err
+    assert stopped.value.code != 0 and "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if "error" in line] == [
+        f"python -m stoneseg.predict: error: --mm-per-pixel must be greater than 0, got {float(value):g}"]
