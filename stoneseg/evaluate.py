@@ -10,6 +10,12 @@ working size against the mask resized as the record builder resizes it, and at t
 size against the original mask (thresholded at io.MASK_THRESHOLD), with the probabilities upsampled
 as `stoneseg.predict` upsamples them.
 
+With --data, stones are scored too, at the original size (stoneseg.stones): the predicted mask split
+into stones as predict splits it (or, with --instances regions, its plain 8-connected regions) against
+the true mask's 8-connected regions (the true masks separate touching stones by thin gaps), matched
+one-to-one at IoU >= 0.5: counts, precision, recall, F1 and the relative errors of D50 and D80, per photo
+and pooled. Records hold resized masks, whose gaps a resize can close, so --records scores pixels only.
+
 The report folder holds metrics.json, per_image.csv and worst.png, a contact sheet of the photos with
 the lowest IoU. Scores with a zero denominator are 1.0 (see `scores`).
 """
@@ -31,7 +37,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stoneseg import cli, io
+from stoneseg import cli, io, stones
 from stoneseg.cli import InputError
 from stoneseg.files import recover, staged_folder
 from stoneseg.inference import Inference, check_model_file, decode_ahead, full_size_mask, load_model
@@ -50,6 +56,10 @@ SHEET = "worst.png"
 SHEET_ROW_HEIGHT = 200
 SHEET_TEXT_HEIGHT = 30  # the title, the legend and each photo's label are strips of text this high
 SHEET_TEXT_WIDTH = 900  # the title and the legend are this wide (the sheet is at least as wide)
+INSTANCE_KEYS = ("true_count", "predicted_count", "precision", "recall", "f1", "d50_relative_error",
+                 "d80_relative_error")
+INSTANCE_MODES = {"split": "the predicted mask split into stones as predict splits it",
+                  "regions": "the predicted mask's 8-connected regions, unsplit"}
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -89,11 +99,13 @@ def _ratio(numerator: int, denominator: int) -> float:
 
 @dataclass
 class PhotoScore:
-    """One photo's counts at each resolution it was scored at."""
+    """One photo's counts at each resolution it was scored at, and its stones at the original size when
+    scored from a folder."""
     name: str
     height: int  # original, EXIF-oriented
     width: int
     counts: dict[str, Counts]
+    instances: stones.InstanceComparison | None = None
 
     def ranking_iou(self) -> float:
         """IoU at the original size when it was scored there, else at the model's resolution."""
@@ -211,10 +223,23 @@ def score_records(inference: Inference, records: Path, split: str, threshold: fl
     return photos
 
 
+def predicted_stones(mask: np.ndarray, mode: str, min_distance: float) -> np.ndarray:
+    """Instance labels of a full-size predicted mask: split as predict splits it (seeds `min_distance` x
+    the shorter side apart), or its plain regions (`mode` "regions"). A mask that is stone everywhere
+    cannot be split (no background) and is scored as its one region."""
+    if mode == "split":
+        try:
+            return stones.split_stones(mask, min_distance * min(mask.shape))
+        except ValueError:
+            pass
+    return stones.stone_regions(mask)
+
+
 def score_folder(inference: Inference, data: Path, pairs: list, threshold: float, workers: int,
-                 worst: WorstPhotos, progress) -> tuple[list[PhotoScore], list[str]]:
-    """Score photo/mask pairs of a folder at the model's working size and at each photo's original size;
-    also return one error line per pair that could not be read."""
+                 worst: WorstPhotos, progress, find_stones=None) -> tuple[list[PhotoScore], list[str]]:
+    """Score photo/mask pairs of a folder at the model's working size and at each photo's original size,
+    pixels and, with `find_stones` (full-size mask -> instance labels), stones; also return one error line
+    per pair that could not be read."""
     photos, problems, batch = [], [], []
 
     def fail(error):
@@ -227,9 +252,11 @@ def score_folder(inference: Inference, data: Path, pairs: list, threshold: float
     def score(pair, decoded, probability):
         image, truth, original, full_truth = decoded
         predicted = probability >= threshold
-        counts = {MODEL: confusion_counts(truth, predicted),
-                  ORIGINAL: confusion_counts(full_truth, full_size_mask(probability, original, threshold))}
-        photo_score = PhotoScore(pair.photo, *original, counts)
+        full_predicted = full_size_mask(probability, original, threshold)
+        counts = {MODEL: confusion_counts(truth, predicted), ORIGINAL: confusion_counts(full_truth, full_predicted)}
+        instances = None if find_stones is None else \
+            stones.compare_instances(stones.true_stones(full_truth), find_stones(full_predicted))
+        photo_score = PhotoScore(pair.photo, *original, counts, instances)
         worst.offer(photo_score, image, truth, predicted)
         photos.append(photo_score)
         progress.add(1)
@@ -271,17 +298,39 @@ def _decode_pair(data: Path, pair, size: io.Size):
 
 # ----------------------------------------------------------------------------- the report
 def per_image_csv(photos: list[PhotoScore], resolutions: list[str]) -> bytes:
+    """One row per photo: pixel scores and counts per resolution, then (when stones were scored) the
+    INSTANCE_KEYS as instances_<key> (a D error is empty when either side has no stone)."""
     text = bytes_io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     columns = [*SCORES, *vars(Counts())]
-    writer.writerow(["file", "width", "height"] + [f"{res}_{column}" for res in resolutions for column in columns])
+    with_instances = bool(photos) and photos[0].instances is not None
+    writer.writerow(["file", "width", "height"] + [f"{res}_{column}" for res in resolutions for column in columns]
+                    + ([f"instances_{key}" for key in INSTANCE_KEYS] if with_instances else []))
     for photo in photos:
         row = [photo.name, photo.width, photo.height]
         for res in resolutions:
             row += [round(value, 6) for value in scores(photo.counts[res]).values()]
             row += list(vars(photo.counts[res]).values())
+        if with_instances:
+            instance = stones.instance_scores(photo.instances)
+            row += ["" if instance[key] is None else round(instance[key], 6) for key in INSTANCE_KEYS]
         writer.writerow(row)
     return text.getvalue().encode()
+
+
+def instance_summary(photos: list[PhotoScore], mode: str, min_distance: float) -> dict:
+    """metrics.json's "instances": the INSTANCE_KEYS pooled over all photos (summed counts and matches, one
+    distribution of all their stones), the count's relative error, and how they were found."""
+    pooled = stones.instance_scores([photo.instances for photo in photos])
+    true_count, predicted_count = pooled["true_count"], pooled["predicted_count"]
+    how = INSTANCE_MODES[mode] + (f" (seeds {min_distance:g} x the shorter side apart)" if mode == "split" else "")
+    return {**pooled,
+            "count_relative_error": (predicted_count - true_count) / true_count if true_count else None,
+            "size": "each photo's original size", "predicted": how,
+            "true": "the true mask's 8-connected regions",
+            "matching": f"one-to-one at IoU >= {stones.MATCH_IOU}",
+            "d_values": f"equivalent-circle diameters by {stones.DEFAULT_WEIGHTING}, stones touching the photo's "
+                        "edge left out; relative error = (predicted - true) / true"}
 
 
 def write_report(out: Path, files: dict[str, bytes], overwrite: bool) -> None:
@@ -316,6 +365,17 @@ def print_table(metrics: dict) -> None:
         print(f"  {'mean of ' + str(metrics['photos']) + ' photos':<22}" + "".join(
             f"{entry['mean'][name]:>11.4f}" for name in SCORES))
         print(f"  {'pooled pixels':<22}" + "".join(f"{entry['pooled'][name]:>11.4f}" for name in SCORES))
+    instances = metrics.get("instances")
+    if instances:
+        errors = ", ".join(f"{name} {_percent(instances[key])}" for name, key in (
+            ("count", "count_relative_error"), ("D50", "d50_relative_error"), ("D80", "d80_relative_error")))
+        print(f"stones at the original size ({instances['predicted']}), pooled: {instances['true_count']} true, "
+              f"{instances['predicted_count']} predicted; precision {instances['precision']:.4f}, recall "
+              f"{instances['recall']:.4f}, F1 {instances['f1']:.4f} at IoU >= {stones.MATCH_IOU}; errors: {errors}")
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1%}"
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -323,13 +383,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m stoneseg.evaluate",
         description="Score a model: per-photo IoU, Dice, precision and recall of the stone class, their mean "
-                    "over photos and the pooled all-pixel scores, written with a contact sheet of the worst "
-                    "photos to a report folder (metrics.json, per_image.csv, worst.png).",
+                    "over photos and the pooled all-pixel scores, and with --data its stones (true and predicted "
+                    "counts, precision, recall and F1 of stones matched one-to-one at IoU >= 0.5, relative errors "
+                    "of D50 and D80) per photo and pooled, written with a contact sheet of the worst photos to a "
+                    "report folder (metrics.json, per_image.csv, worst.png).",
         epilog=CONVENTIONS + " Photos reach the model as in stoneseg.predict: squashed to its input size, or "
                              "resized by its scale (--scale overrides), whole or in tiles. --records scores at the "
                              "records' stored size (they hold resized masks only): squash records of the model's "
                              "input size for a squash model, scale records of its F for a model at scale F, each "
-                             "whole; --data also at each photo's original size.",
+                             "whole; --data also at each photo's original size, where stones are scored: the "
+                             "true stones are the true mask's 8-connected regions, the predicted ones the mask split "
+                             "as predict splits it (--instances split) or its plain regions (--instances regions); "
+                             "D values by area, stones touching the photo's edge left out, as predict's defaults.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("model", type=Path, metavar="MODEL.keras", help="trained model (e.g. runs/<run>/best.keras)")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -342,6 +407,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="report folder; default <model's folder>/evaluations/<model stem>-<records folder>-"
                              "<split> or <model stem>-<data folder>")
     parser.add_argument("--worst", type=int, default=8, metavar="N", help="photos on the contact sheet (0: none)")
+    parser.add_argument("--instances", choices=tuple(INSTANCE_MODES), default="split",
+                        help="with --data, how predicted stones are found: split as predict splits them, or the "
+                             "mask's plain 8-connected regions (the count before splitting)")
+    parser.add_argument("--min-distance", type=float, default=stones.MIN_DISTANCE_FRACTION, metavar="FRACTION",
+                        help="watershed seeds at least this share of the photo's shorter side apart, as in predict")
     parser.add_argument("--scale", type=float, default=None, metavar="F",
                         help="resize photos by F (0 < F <= 1) for the model instead of the scale it records")
     parser.add_argument("--batch-size", type=int, default=4, help="photos (or tiles) per model call")
@@ -356,6 +426,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batch-size and --workers must be at least 1, --worst at least 0")
     if args.scale is not None and not 0 < args.scale <= 1:
         parser.error(f"--scale must be in (0, 1], got {args.scale:g}")
+    if not 0 <= args.min_distance < 1:
+        parser.error(f"--min-distance must be at least 0 and below 1 (a share of the shorter side), "
+                     f"got {args.min_distance:g}")
     return args
 
 
@@ -393,8 +466,9 @@ def main(argv: list[str] | None = None) -> int:
         problems = [str(problem) for problem in inventory.problems]
         for problem in problems:
             cli.error_line(PROG, problem)
+        find_stones = partial(predicted_stones, mode=args.instances, min_distance=args.min_distance)
         photos, unreadable = score_folder(inference, args.data, inventory.pairs, args.threshold, args.workers, worst,
-                                          progress)
+                                          progress, find_stones)
         problems += unreadable
     else:
         try:
@@ -415,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         "photos": len(photos),
         "scores": {res: {"size": working if res == MODEL else "each photo's original size",
                          **summary(photos, res)} for res in resolutions},
+        "instances": instance_summary(photos, args.instances, args.min_distance) if args.data is not None else None,
         "worst": [{"file": score.name, "iou": score.ranking_iou()} for score, *_ in worst.sorted()],
         "skipped": problems,
         "conventions": CONVENTIONS,

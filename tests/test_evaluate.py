@@ -332,7 +332,11 @@ def test_empty_predictions_and_photos_without_stones(capsys, tmp_path, never_sto
     for resolution in ("model", "original"):
         assert metrics["scores"][resolution]["mean"] == dict.fromkeys(evaluate.SCORES, 1.0)
         assert metrics["scores"][resolution]["pooled"] == dict.fromkeys(evaluate.SCORES, 1.0)
-    assert all(not math.isnan(float(value)) for row in rows for key, value in row.items() if key != "file")
+    d_errors = ("instances_d50_relative_error", "instances_d80_relative_error")  # empty: no stone on either side
+    assert all(row[key] == "" for row in rows for key in d_errors)
+    assert all(not math.isnan(float(value)) for row in rows for key, value in row.items()
+               if key != "file" and key not in d_errors)
+    assert metrics["instances"]["f1"] == 1.0 and metrics["instances"]["d50_relative_error"] is None
 
 
 # ----------------------------------------------------------------------------- models at a scale
@@ -431,3 +435,66 @@ def test_a_report_replacement_killed_midway_is_put_back_by_the_next_run(capsys, 
     assert [path.name for path in out.iterdir()] == ["metrics.json"]
     assert (out / "metrics.json").read_text() == "earlier report"
     assert [path.name for path in tmp_path.iterdir()] == ["report"]
+
+
+# ----------------------------------------------------------------------------- stones
+def test_instance_scores_by_hand_per_photo_and_pooled(capsys, tmp_path, rectangles):
+    """The RECTANGLES at original size. A: true stones the 32 x 48 rectangle and the stray pixel, the
+    predicted stone the 32 x 64 bright rectangle (IoU 512 / 3072: no match). B: the true 64 x 32 stone
+    and the predicted 64 x 64 one, IoU exactly 0.5: a match; both touch the photo's edge, so B has no
+    D values and the pooled distributions are A's. D50 by area of A's truth: the curve through
+    (diameter of 1 px, 1/1537) and (diameter of 1536 px, 100 %), straight on a log axis."""
+    data, model = rectangles
+    assert run(capsys, model, "--data", data, "--out", tmp_path / "report")[0] == 0
+    metrics, rows = read_report(tmp_path / "report")
+    diameter = lambda area: math.sqrt(4 * area / math.pi)  # noqa: E731
+    small, large = diameter(1), diameter(1536)
+
+    def true_size(percent):
+        return math.exp(np.interp(percent, [100 / 1537, 100], [math.log(small), math.log(large)]))
+
+    d_errors = [diameter(2048) / true_size(percent) - 1 for percent in (50, 80)]
+    a, b = ({key.removeprefix("instances_"): row[key] for key in row if key.startswith("instances_")} for row in rows)
+    assert [a[key] for key in evaluate.INSTANCE_KEYS[:5]] == ["2", "1", "0.0", "0.0", "0.0"]
+    assert float(a["d50_relative_error"]) == pytest.approx(d_errors[0], abs=1e-6)
+    assert float(a["d80_relative_error"]) == pytest.approx(d_errors[1], abs=1e-6)
+    assert [b[key] for key in evaluate.INSTANCE_KEYS] == ["1", "1", "1.0", "1.0", "1.0", "", ""]
+    pooled = metrics["instances"]
+    assert {key: pooled[key] for key in ("true_count", "predicted_count")} == {"true_count": 3, "predicted_count": 2}
+    assert (pooled["precision"], pooled["recall"], pooled["f1"]) == pytest.approx((1 / 2, 1 / 3, 2 / 5))
+    assert pooled["count_relative_error"] == pytest.approx(-1 / 3)
+    assert pooled["d50_relative_error"] == pytest.approx(d_errors[0], abs=1e-6)
+    assert pooled["d80_relative_error"] == pytest.approx(d_errors[1], abs=1e-6)
+    assert run(capsys, model, "--data", data, "--out", tmp_path / "again")[1].count("F1 0.4000 at IoU >= 0.5") == 1
+
+
+def test_touching_stones_score_only_when_split(capsys, tmp_path):
+    """Two discs drawn touching in the photo, separated by a 3-px background gap in the true mask. A
+    model that sees the photo exactly (brightness at scale 1) predicts one region: unsplit it matches
+    neither true stone (each holds less than half of the union); split, both match."""
+    data = tmp_path / "data"
+    data.mkdir()
+    photo, mask = np.full((160, 240, 3), 20, np.uint8), np.zeros((160, 240), np.uint8)
+    for x in (80, 156):
+        cv2.circle(photo, (x, 80), 40, (235, 235, 235), -1)
+        cv2.circle(mask, (x, 80), 40, 255, -1)
+    mask[:, 117:120] = 0  # the gap the true masks keep between touching stones
+    cv2.imwrite(str(data / "pair.png"), photo)
+    cv2.imwrite(str(data / "pair_label.png"), mask)
+    model = tmp_path / "full.keras"
+    brightness_model(None, scale=1.0).save(model)
+    found = {}
+    for mode in ("regions", "split"):
+        assert run(capsys, model, "--data", data, "--out", tmp_path / mode, "--instances", mode)[0] == 0
+        metrics, (row,) = read_report(tmp_path / mode)
+        found[mode] = [metrics["instances"][key] for key in ("true_count", "predicted_count", "f1")]
+        assert row["instances_f1"] == str(metrics["instances"]["f1"])
+    assert found == {"regions": [2, 1, 0.0], "split": [2, 2, 1.0]}
+    assert metrics["instances"]["predicted"].startswith("the predicted mask split")
+
+
+def test_records_report_has_no_instances(capsys, tmp_path, unet64, tiny_records):
+    """Resized true masks can lose the gaps between stones, so records are scored by pixels only."""
+    assert run(capsys, unet64, "--records", tiny_records, "--split", "val", "--out", tmp_path / "report")[0] == 0
+    metrics, rows = read_report(tmp_path / "report")
+    assert metrics["instances"] is None and not any(key.startswith("instances_") for key in rows[0])
