@@ -4,10 +4,13 @@
 
 On the sample photos in data/sample (written by tools.make_sample if missing), with real resnet18-UNets
 (random weights: time and memory do not depend on them):
-(1) the squash model (256x256), each stage alone, photo by photo: decode (io.read_photo: DCT-reduced
-    decode + area resize), the model step (a batch of --batch-size, per photo), and finishing (bilinear
-    upsample to 3456x4806, threshold, stone count, PNG encode and atomic write); medians over the photos;
-    then end to end: stoneseg.predict's pipeline, where decoding and writing overlap the model (the
+(1) the squash model (256x256), each stage alone, photo by photo (STAGES): decode (io.read_photo:
+    DCT-reduced decode + area resize), network (a batch of --batch-size, per photo), full-size mask
+    (bilinear upsample to 3456x4806 and threshold), split (stones.split_stones), measure
+    (stones.measure_stones), write (mask, instances, stone table and size curve, encoded and written
+    atomically), and the overlay apart (--overlay only); medians over the photos. The finishing stages
+    start from the sample's true mask area-resized to 256x256, the map of a model right about every pixel
+    it sees (an untrained network's noise would time the split on nothing like stones). Then end to end: stoneseg.predict's pipeline, where decoding and writing overlap the model (the
     model loaded beforehand, as it is once per run); the median of --repeats runs, without and with
     --overlay, and with masks and overlays on the 20 stones20 photos (512 to 2000 px) when they are there.
     Target: decode takes less than the model step.
@@ -36,7 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from bench.machine import describe  # noqa: E402
-from stoneseg import inference, io, predict  # noqa: E402
+from stoneseg import inference, io, predict, stones  # noqa: E402
 from stoneseg.model import build_unet  # noqa: E402
 from tools.make_sample import write_sample  # noqa: E402
 
@@ -45,6 +48,14 @@ SAMPLE = REPO / "data" / "sample"
 STONES20 = REPO.parent / "shared" / "data" / "stones20"
 SIZE = 256
 KINDS = "squash256,scale0.25,scale0.5,scale1"
+STAGES = ("decode", "network", "full-size mask", "split", "measure", "write")
+STAGE_HELP = {"decode": f"io.read_photo: DCT-reduced decode + area resize to {SIZE}x{SIZE}",
+              "network": "the model step, per photo of a batch",
+              "full-size mask": "bilinear upsample to the photo's size + threshold",
+              "split": "stones.split_stones: watershed at <= 0.5 Mpx, labels fitted back",
+              "measure": "stones.measure_stones with the split's boxes",
+              "write": "mask PNG, 16-bit instances PNG, stones CSV, size curve PNG, atomic writes",
+              "overlay": "full-resolution decode, draw_stones, JPEG"}
 MB = 2**20
 
 
@@ -168,18 +179,36 @@ def time_squash_stages(photos: list[Path], batch_size: int, repeats: int) -> Non
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
+        options = predict.parse_args(["model.keras", *map(str, photos), "--out", str(scratch)])
         decoded, decode_times = [], []
         for photo in photos:
             decode_times.append(seconds(lambda: decoded.append(io.read_photo(photo, SIZE))))
         images = np.stack([image for image, _ in decoded])
         batches = [images[first:first + batch_size] for first in range(0, len(images), batch_size)]
         inference.run_model(model, batches[0], batch_size)  # trace the predict function once
-        model_times, probabilities = [], []
+        model_times = []
         for batch in batches:
-            model_times.append(seconds(lambda: probabilities.extend(
-                inference.run_model(model, batch, batch_size))) / len(batch))
-        finish_times = [seconds(lambda: predict.finish_photo(photo, probability, original, scratch, 0.5, False))
-                        for photo, probability, (_, original) in zip(photos, probabilities, decoded)]
+            model_times.append(seconds(lambda: inference.run_model(model, batch, batch_size)) / len(batch))
+        # The untrained network's map is noise; the finishing stages get what a model right about every
+        # pixel it sees at 256x256 would give: the sample's true mask area-resized to 256x256.
+        stage_times = {stage: [] for stage in STAGES[2:] + ("overlay",)}
+
+        def timed(stage, run):
+            started = time.perf_counter()
+            result = run()
+            stage_times[stage].append(time.perf_counter() - started)
+            return result
+
+        for photo, (_, original) in zip(photos, decoded):
+            truth, _ = io.read_mask(photo.with_name(photo.stem + "_label.jpg"), SIZE)
+            probability = truth.astype(np.float32)
+            mask = timed("full-size mask", lambda: inference.full_size_mask(probability, original, 0.5))
+            labels, boxes = timed("split", lambda: stones.split_stones(
+                mask, options.min_distance * min(mask.shape), return_boxes=True))
+            table = timed("measure", lambda: stones.measure_stones(labels, None, boxes))
+            timed("write", lambda: predict.write_photo(photo, mask, labels, table, options))
+            timed("overlay", lambda: io.encode_jpeg(stones.draw_stones(io.read_photo_full(photo), labels),
+                                                    predict.OVERLAY_QUALITY))
 
         model_path = scratch / "unet.keras"
         model.save(model_path)
@@ -188,17 +217,22 @@ def time_squash_stages(photos: list[Path], batch_size: int, repeats: int) -> Non
                     loaded, model_path, photos, scratch, batch_size, repeats, overlay)]
                 for overlay in (False, True)}
 
-        decode, step, finish = (statistics.median(times) for times in (decode_times, model_times, finish_times))
-        total = decode + step + finish
-        print("per photo, each stage alone (median over photos):")
-        print(f"  decode to {SIZE}x{SIZE}                        {decode:7.3f} s  ({decode / total:.0%} of the stages)")
-        print(f"  model step                                {step:7.3f} s  ({step / total:.0%})")
-        print(f"  upsample + threshold + count + PNG write  {finish:7.3f} s  ({finish / total:.0%})")
-        print(f"  sum of the stages                         {total:7.3f} s")
+        medians = {"decode": statistics.median(decode_times), "network": statistics.median(model_times),
+                   **{stage: statistics.median(times) for stage, times in stage_times.items()}}
+        total = sum(medians[stage] for stage in STAGES)
+        print(f"per photo, each stage alone (median over photos; {len(table)} stones in the last photo):")
+        for stage in STAGES + ("overlay",):
+            share = f"{medians[stage] / total:4.0%} of the stages" if stage in STAGES else "--overlay only"
+            print(f"  {stage:<16}{medians[stage]:7.3f} s  ({share}; {STAGE_HELP[stage]})")
+        print(f"  {'sum of stages':<16}{total:7.3f} s  (overlay not included)")
+        slowest = max(STAGES, key=medians.get)
+        print(f"slowest stage: {slowest}; split / slowest other stage = "
+              f"{medians['split'] / max(medians[stage] for stage in STAGES if stage != 'split'):.2f}")
         print(f"end to end, stoneseg.predict's pipeline, stages overlapping (model loaded; median of {repeats} runs):")
         for overlay, times in runs.items():
             print(f"  masks{' and overlays' if overlay else '             '}  {statistics.median(times):.3f} s/photo  "
                   f"(runs: {', '.join(f'{t:.3f}' for t in times)})")
+        decode, step = medians["decode"], medians["network"]
         print(f"decode / model step = {decode / step:.2f}  (target: below 1)  "
               f"load average now {os.getloadavg()[0]:.1f}")
 

@@ -11,7 +11,9 @@
                 default 256 x 256 records let a model see;
       quarter   the same at a quarter of the photo's size, aspect kept: scale-preserving records;
       close5    a 5 x 5 elliptic closing: only the thin gaps closed, shapes kept.
-    "regions" is the baseline: connected regions of the merged mask (today's stone_count), without
+    With --model, a fourth "merge": the full-size masks that stoneseg.predict makes with that trained model
+    (--photos limits the photos, e.g. to the records' val split, which the model was not trained on).
+    "regions" is the baseline: connected regions of the merged mask (predict's count before issue 9), without
     splitting. Then: the plain watershed at seed distances given as a share of the photo's shorter side
     and in absolute pixels; with wide necks merged back, at several seed distances and neck ratios; and
     the defaults at several working sizes.
@@ -91,12 +93,12 @@ def regions(mask: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- (1) quality
-def load_truth(data: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, mask, true labels) of every photo outside the test split."""
+def load_truth(data: Path, names: list[str] | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, mask, true labels) of every photo outside the test split (of those in `names`, if given)."""
     found = []
     for path in sorted(data.glob("Image*_label.jpg")):
         name = path.name.removesuffix("_label.jpg")
-        if name in TEST_PHOTOS:
+        if name in TEST_PHOTOS or (names and name not in names):
             continue
         mask, _ = io.read_mask(path, io.Scale(1))
         found.append((name, mask, stones.true_stones(mask)))
@@ -163,8 +165,25 @@ def split_all(merged: list[np.ndarray], keywords: dict) -> tuple[list[np.ndarray
     return labels, (time.perf_counter() - started) / len(merged)
 
 
-def quality(data: Path, merges: list[str]) -> None:
-    truth = load_truth(data)
+def model_masks(model: Path, data: Path, names: list[str]) -> list[np.ndarray]:
+    """The full-size masks stoneseg.predict makes of the photos `names` with `model` (threshold 0.5)."""
+    cli.import_tensorflow()
+    from stoneseg.inference import Inference, full_size_mask, load_model
+
+    inference = Inference(load_model(model))
+    masks = []
+    for name in names:
+        image, original = io.read_photo(data / f"{name}.JPG", inference.size)
+        masks.append(stones.stone_mask(full_size_mask(inference.probability(image), original, 0.5)))
+    return masks
+
+
+def quality(data: Path, merges: list[str], model: Path | None = None, names: list[str] | None = None) -> None:
+    truth = load_truth(data, names)
+    predicted = {} if model is None else {"model": model_masks(model, data, [name for name, _, _ in truth])}
+    if model is not None:
+        merges = merges + ["model"]
+        print(f"model: {model} on {', '.join(name for name, _, _ in truth)}")
     count = sum(int(labels.max()) for _, _, labels in truth)
     print(f"\n(1) quality: {len(truth)} stones20 photos outside the test split, {count:,} true stones; pooled F1 "
           "at IoU >= 0.5; count error, pooled and mean |per photo|; median over photos of |relative error| of D50 "
@@ -174,7 +193,7 @@ def quality(data: Path, merges: list[str]) -> None:
           f"{stones.NECK_RATIO:g}, work size {stones.WORK_PIXELS:,} pixels", flush=True)
     print(HEADER)
     for merge in merges:
-        merged = [MERGES[merge](mask) for _, mask, _ in truth]
+        merged = predicted.get(merge) or [MERGES[merge](mask) for _, mask, _ in truth]
         print(row(merge, "regions (no split)", score(truth, [regions(mask) for mask in merged]), 0.0), flush=True)
         for name, keywords in settings():
             labels, seconds = split_all(merged, keywords)
@@ -240,16 +259,19 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=STONES20, help="stones20 (only its non-test photos are read)")
     parser.add_argument("--sample", type=Path, default=REPO / "data" / "sample", help="3456x4806 sample photos")
     parser.add_argument("--repeats", type=int, default=3, help="speed: runs per photo")
-    parser.add_argument("--merges", nargs="+", choices=sorted(MERGES), default=list(MERGES))
+    parser.add_argument("--merges", nargs="*", choices=sorted(MERGES), default=list(MERGES))
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--full-size", action="store_true", help="speed: also split one photo at its full size")
+    parser.add_argument("--model", type=Path, default=None, help="quality: also split this trained model's masks")
+    parser.add_argument("--photos", nargs="+", default=None, metavar="NAME",
+                        help="quality: only these photos (e.g. Image01 Image02 Image16 Image18, the val split)")
     args = parser.parse_args()
     print(cpu_summary())
     if not args.skip_speed:
         speed(args.sample, args.repeats, args.full_size)
     if not args.skip_quality:
-        quality(args.data, args.merges)
+        quality(args.data, args.merges, args.model, args.photos)
 
 
 if __name__ == "__main__":
