@@ -120,6 +120,18 @@ def test_empty_and_unusable_masks():
         stones.split_stones(np.zeros((40, 50, 3), np.uint8))
 
 
+def test_stone_regions_are_the_mask_regions_unsplit_without_specks():
+    """The count before splitting: two touching discs stay one region, a lone disc is another, and a
+    4-pixel speck is above MIN_STONE_FRACTION of 64 x 96 (0.61 px), so only a larger min_area drops it."""
+    mask = discs((64, 96), TWO_DISCS + [(85, 50, 6)])
+    mask[2:4, 2:4] = 1
+    assert stones.stone_regions(mask).max() == 3  # the default limit, 0.61 px, keeps the 4-pixel speck
+    labels = stones.stone_regions(mask * 255, min_area=5)
+    assert labels.dtype == np.uint16 and labels.max() == 2
+    assert labels[32, 28] == labels[32, 53] != labels[50, 85] and labels[2, 2] == 0
+    assert stones.stone_regions(np.where(mask > 0, 0.9, 0.1).astype(np.float32), min_area=5).max() == 2
+
+
 def test_true_stones_are_8_connected_regions():
     mask = np.zeros((10, 10), np.uint8)
     mask[1:3, 1:3] = 255
