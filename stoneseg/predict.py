@@ -150,6 +150,11 @@ def distribution_of(tables: stones.StoneTable | list[stones.StoneTable], args: a
     return stones.size_distribution(tables, by=args.weighting, include_edge=args.include_edge, unit=unit)
 
 
+def curve_title(name: str, args: argparse.Namespace) -> str:
+    """A size curve's title: what it shows, and whether edge stones are in it."""
+    return f"{name}, {'edge stones included' if args.include_edge else 'edge stones left out'}"
+
+
 def write_pooled_sizes(out: Path, tables: list[stones.StoneTable], args: argparse.Namespace) -> stones.Distribution:
     """Write the run's pooled distribution: POOLED_SIZES_CSV (percent passing, the size in px, and in mm with
     --mm-per-pixel; no size when no stone counts) and POOLED_SIZES_PNG (its curve; removed when there is
@@ -165,7 +170,7 @@ def write_pooled_sizes(out: Path, tables: list[stones.StoneTable], args: argpars
             writer.writerow([percent, *(f"{size:.6g}" for size in sizes)])
     write_atomically(out / POOLED_SIZES_CSV, text.getvalue().encode())
     pooled = in_mm or in_pixels
-    curve = stones.size_curve_png(pooled, f"all {len(tables)} photo(s)")
+    curve = stones.size_curve_png(pooled, curve_title(f"all {len(tables)} photo(s)", args))
     if curve is None:
         (out / POOLED_SIZES_PNG).unlink(missing_ok=True)  # an older run's curve would be a wrong answer
     else:
@@ -200,12 +205,18 @@ def write_outputs(path: Path, mask: np.ndarray, args: argparse.Namespace,
     records were made with, and only the overlay needs every pixel.
     """
     labels, table = find_stones(path, mask, args)
+    return write_photo(path, mask, labels, table, args, photo), table
+
+
+def write_photo(path: Path, mask: np.ndarray, labels: np.ndarray, table: stones.StoneTable, args: argparse.Namespace,
+                photo: np.ndarray | None = None) -> Prediction:
+    """Write one photo's mask, instances, stone table, size curve (and overlay) to --out; return its row."""
     paths = output_paths(path, args.out, args.overlay)
     write_atomically(paths["mask"], io.encode_png(mask))
     write_atomically(paths["instances"], stones.encode_instances_png(labels))
     write_atomically(paths["stones"], table.csv())
     distribution = distribution_of(table, args)
-    curve = stones.size_curve_png(distribution, path.name)
+    curve = stones.size_curve_png(distribution, curve_title(path.name, args))
     if curve is None:
         paths["sizes"].unlink(missing_ok=True)  # an older run's curve would be a wrong answer
     else:
@@ -214,10 +225,9 @@ def write_outputs(path: Path, mask: np.ndarray, args: argparse.Namespace,
         photo = io.read_photo_full(path) if photo is None else photo
         write_atomically(paths["overlay"], io.encode_jpeg(stones.draw_stones(photo, labels), OVERLAY_QUALITY))
     height, width = mask.shape
-    row = Prediction(str(path), width, height, round(cv2.countNonZero(mask) / mask.size, 6), len(table),
+    return Prediction(str(path), width, height, round(cv2.countNonZero(mask) / mask.size, 6), len(table),
                      int(table.columns["touches_edge"].sum()), distribution.unit,
                      *(None if d is None else round(d, 4) for d in (distribution.d10, distribution.d50, distribution.d80)))
-    return row, table
 
 
 # ----------------------------------------------------------------------------- the pipeline
