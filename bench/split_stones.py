@@ -18,7 +18,7 @@
     and in absolute pixels; with wide necks merged back, at several seed distances and neck ratios; and
     the defaults at several working sizes.
 (2) Speed, on 3456 x 4806 photos from tools.make_sample (--sample, written if missing): medians of
-    seconds per photo for what predict's finishing step does today (the mask: bilinear upsample of a
+    seconds per photo for what predict's finishing step did before the split (the mask: bilinear upsample of a
     256 x 256 map, threshold, 8-bit PNG encode; the stone count: connected regions; not the file
     write) beside split, measure, 16-bit PNG encode, distribution + curve, and overlay.
 """
@@ -45,7 +45,7 @@ NECK_FRACTIONS = (0.005, 0.01, 0.02, 0.03)
 NECK_RATIOS = (0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 WORK_SIZES = (None, 2_000_000, 1_000_000, 500_000, 250_000)  # None: the photo's own size
 MASK = "mask: upsample, threshold, PNG encode"
-COUNT = "stone count today: regions + bincount"
+COUNT = "region count (before the split): regions + bincount"
 SPLIT = "split_stones (labels and boxes)"
 MEASURE = "measure_stones with the split's boxes"
 
@@ -227,11 +227,11 @@ def speed(sample: Path, repeats: int, full_size: bool) -> None:
                 io.encode_png(mask)
                 return mask
 
-            def count_today():  # what the split replaces: predict.stone_statistics's region count
+            def count_before():  # what the split replaced: predict's old region count (stone_statistics)
                 count, regions = cv2.connectedComponents(mask, connectivity=8)
                 return np.bincount(regions.ravel(), minlength=count)
             mask = timed(MASK, mask_stage)
-            timed(COUNT, count_today)
+            timed(COUNT, count_before)
             labels, boxes = timed(SPLIT, lambda: stones.split_stones(mask, return_boxes=True))
             table = timed(MEASURE, lambda: stones.measure_stones(labels, boxes=boxes))
             timed("measure_stones finding its own boxes", lambda: stones.measure_stones(labels))
@@ -251,7 +251,7 @@ def speed(sample: Path, repeats: int, full_size: bool) -> None:
         print(f"  {name:48} {value:7.3f} s")
     both = medians[SPLIT] + medians[MEASURE]
     print(f"  split + measure {both:.3f} s = {both / medians[MASK]:.2f} x the mask step, "
-          f"{both / (medians[MASK] + medians[COUNT]):.2f} x mask + count (predict's finishing today, less the write)")
+          f"{both / (medians[MASK] + medians[COUNT]):.2f} x mask + count (predict's finishing before the split, less the write)")
 
 
 def main() -> None:
