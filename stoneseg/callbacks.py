@@ -55,10 +55,13 @@ def trim_history(path, epochs):
     return len(rows) - len(kept)
 
 
-def best_epoch(history, monitor="val_loss"):
-    """The history row with the lowest `monitor`, or None."""
+def best_epoch(history, monitor="val_loss", mode="min"):
+    """The history row with the lowest (mode "min") or highest (mode "max") `monitor`, or None; the
+    earliest such row on a tie, as ModelCheckpoint keeps it."""
     rows = [row for row in history if monitor in row]
-    return min(rows, key=lambda row: row[monitor]) if rows else None
+    if not rows:
+        return None
+    return min(rows, key=lambda row: row[monitor]) if mode == "min" else max(rows, key=lambda row: row[monitor])
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):

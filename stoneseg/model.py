@@ -27,8 +27,10 @@ STAGE_FILTERS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
 PHOTO_SCALE_LAYER = "photo_scale"
 
-# classification_models' ResNet uses these; the decoder keeps the Keras defaults, as segmentation_models does.
-ENCODER_BATCHNORM = {"epsilon": 2e-5, "momentum": 0.99}
+# classification_models' ResNet uses epsilon 2e-5; the decoder keeps Keras' 1e-3, as segmentation_models does.
+# Both use momentum 0.99 (Keras' default, the prototype's) unless build_unet is given another.
+ENCODER_EPSILON = 2e-5
+PROTOTYPE_BN_MOMENTUM = 0.99
 
 
 @keras.saving.register_keras_serializable(package="stoneseg")
@@ -65,12 +67,12 @@ def model_scale(model):
 # Encoder: a pre-activation ResNet (BN -> ReLU -> conv) that returns its named feature pyramid.
 
 
-def resnet_backbone(input_shape=(256, 256, 3), backbone="resnet18", scale=None):
+def resnet_backbone(input_shape=(256, 256, 3), backbone="resnet18", scale=None, bn_momentum=PROTOTYPE_BN_MOMENTUM):
     """Return the ResNet encoder: 0-255 images in, a dict {"P1": stride 2, ..., "P5": stride 32} out.
 
     P1 is the stem activation, P2-P4 are the input activations of stages 2-4 and P5 is the final
     activation, the same tensors segmentation_models' UNet takes as skips and bottleneck. `scale` is
-    recorded by a PhotoScale layer on the input (see there).
+    recorded by a PhotoScale layer on the input (see there); `bn_momentum` is every BatchNormalization's.
     """
     if backbone not in BLOCKS_PER_STAGE:
         raise ValueError(f"unknown backbone {backbone!r}: choose one of {sorted(BLOCKS_PER_STAGE)}")
@@ -82,7 +84,8 @@ def resnet_backbone(input_shape=(256, 256, 3), backbone="resnet18", scale=None):
 
     x = layers.ZeroPadding2D(3, name="stem_pad")(x)
     x = layers.Conv2D(64, 7, strides=2, use_bias=False, kernel_initializer="he_uniform", name="stem_conv")(x)
-    pyramid = {"P1": _batchnorm_relu(x, "stem")}
+    batchnorm = {"epsilon": ENCODER_EPSILON, "momentum": bn_momentum}
+    pyramid = {"P1": _batchnorm_relu(x, "stem", batchnorm)}
     x = layers.ZeroPadding2D(1, name="stem_pool_pad")(pyramid["P1"])
     x = layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
 
@@ -91,12 +94,12 @@ def resnet_backbone(input_shape=(256, 256, 3), backbone="resnet18", scale=None):
     ):
         for block in range(1, blocks + 1):
             name = f"stage{stage}_block{block}"
-            preactivation = _batchnorm_relu(x, f"{name}_preact")
+            preactivation = _batchnorm_relu(x, f"{name}_preact", batchnorm)
             if block == 1 and stage > 1:
                 pyramid[f"P{stage}"] = preactivation  # the stage's input activation
-            x = _basic_block(x, preactivation, filters, stride if block == 1 else 1, name)
+            x = _basic_block(x, preactivation, filters, stride if block == 1 else 1, name, batchnorm)
 
-    pyramid["P5"] = _batchnorm_relu(x, "post")
+    pyramid["P5"] = _batchnorm_relu(x, "post", batchnorm)
     return keras.Model(images, pyramid, name=f"{backbone}_encoder")
 
 
@@ -113,12 +116,12 @@ def _check_input_shape(input_shape):
             )
 
 
-def _batchnorm_relu(x, name, batchnorm=ENCODER_BATCHNORM):
+def _batchnorm_relu(x, name, batchnorm):
     x = layers.BatchNormalization(**batchnorm, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _basic_block(inputs, preactivation, filters, stride, name):
+def _basic_block(inputs, preactivation, filters, stride, name, batchnorm):
     """Two 3x3 convs on the pre-activated input, added to the input (or its 1x1 projection)."""
     if stride != 1 or inputs.shape[-1] != filters:
         shortcut = layers.Conv2D(
@@ -127,7 +130,7 @@ def _basic_block(inputs, preactivation, filters, stride, name):
     else:
         shortcut = inputs
     x = _conv3x3(preactivation, filters, stride, f"{name}_conv1")
-    x = _batchnorm_relu(x, f"{name}_conv1")
+    x = _batchnorm_relu(x, f"{name}_conv1", batchnorm)
     x = _conv3x3(x, filters, 1, f"{name}_conv2")
     return layers.Add(name=f"{name}_add")([x, shortcut])
 
@@ -147,7 +150,7 @@ def _conv3x3(x, filters, stride, name):
 # Decoder: from P5 back to full resolution, concatenating the pyramid level at each scale.
 
 
-def unet_decoder(pyramid, decoder_filters=(256, 128, 64, 32, 16)):
+def unet_decoder(pyramid, decoder_filters=(256, 128, 64, 32, 16), bn_momentum=PROTOTYPE_BN_MOMENTUM):
     """Upsample P5 x2 five times; blocks 1-4 concatenate P4..P1, block 5 has no skip."""
     skip_levels = ("P4", "P3", "P2", "P1", None)
     if len(decoder_filters) != len(skip_levels):
@@ -165,7 +168,7 @@ def unet_decoder(pyramid, decoder_filters=(256, 128, 64, 32, 16)):
             x = layers.Conv2D(
                 filters, 3, padding="same", use_bias=False, kernel_initializer="he_uniform", name=f"{name}_conv{conv}"
             )(x)
-            x = _batchnorm_relu(x, f"{name}_conv{conv}", batchnorm={})
+            x = _batchnorm_relu(x, f"{name}_conv{conv}", {"momentum": bn_momentum})
     return x
 
 
@@ -182,16 +185,17 @@ def segmentation_head(x, num_classes=1):
 
 
 def build_unet(input_shape=(256, 256, 3), backbone="resnet18", decoder_filters=(256, 128, 64, 32, 16), num_classes=1,
-               scale=None):
+               scale=None, bn_momentum=PROTOTYPE_BN_MOMENTUM):
     """Return the UNet: images with values 0-255 (uint8 or float) in, per-pixel probabilities out.
 
     Height and width must be multiples of 32, or None to accept any such size at run time. `scale`:
     the photos were resized by this factor for training (None: squashed to `input_shape`); it travels
-    inside the saved model (`model_scale`).
+    inside the saved model (`model_scale`). `bn_momentum`: every BatchNormalization's moving-average
+    momentum (train --bn-momentum).
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-    encoder = resnet_backbone(input_shape, backbone, scale)
-    features = unet_decoder(encoder.output, decoder_filters)
+    encoder = resnet_backbone(input_shape, backbone, scale, bn_momentum)
+    features = unet_decoder(encoder.output, decoder_filters, bn_momentum)
     masks = segmentation_head(features, num_classes)
     return keras.Model(encoder.input, masks, name=f"unet_{backbone}")

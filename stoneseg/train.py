@@ -1,8 +1,10 @@
 """Train the UNet on the records: `python -m stoneseg.train --strategy mirrored`.
 
-The defaults are the prototype's recipe (Adam 1e-3, binary cross-entropy, batch 4, up to 50 epochs,
-early stopping on val_loss with patience 5 keeping the best weights), fed from the shards with the
-rotate/flip augmentation drawn inside the train step. Squash records train whole; with `--crop N`
+A named recipe (`--recipe`, stoneseg/recipes.py) sets the optimizer, learning-rate schedule, loss, batch,
+epoch length, BatchNorm momentum and what early stopping and the best checkpoint follow; the default is
+the prototype's (Adam 1e-3, binary cross-entropy, batch 4, early stopping on val_loss with patience 5
+keeping the best weights), and a flag of the same name overrides one setting. The network is fed from the
+shards with the rotate/flip augmentation drawn inside the train step. Squash records train whole; with `--crop N`
 (required for scale records) each step trains on a random N×N crop of every record, drawn in the
 train step too, and validation scores whole records. Everything a run writes goes to its run folder:
 config.json, best.keras, history.csv, TensorBoard logs and a backup that a restarted run resumes from.
@@ -18,7 +20,7 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
-from stoneseg import cli, records
+from stoneseg import cli, recipes, records
 from stoneseg.choices import BLOCKS_PER_STAGE, LOSSES, OUTPUT_STRIDE, STRATEGIES
 from stoneseg.cli import InputError
 from stoneseg.files import write_atomically
@@ -29,7 +31,6 @@ from stoneseg.records import MANIFEST
 
 PROG = "train"
 BACKUP = "backup"
-PROTOTYPE_EPOCH_IMAGES = 240
 DEFAULT_SCALE_CROP = 256
 NOT_RUN_ARGUMENTS = ("run_dir", "skip_hash")  # a run resumed with other values is still the same run
 PACKAGES = ("stoneseg", "tensorflow", "keras", "numpy", "opencv-python-headless", "scikit-learn")
@@ -50,21 +51,41 @@ def parse_args(argv=None):
     )
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto", help="tf.distribute strategy")
     parser.add_argument("--tpu", default="", help="TPU name or address for --strategy tpu")
-    parser.add_argument("--epochs", type=int, default=50, help="maximum epochs")
-    parser.add_argument("--batch-size", type=int, default=4, help="batch size per replica")
+    parser.add_argument("--epochs", type=int, default=50, help="maximum epochs (a schedule spans them all)")
     parser.add_argument(
+        "--recipe",
+        choices=sorted(recipes.RECIPES),
+        default=recipes.DEFAULT_RECIPE,
+        help="named training settings (README: Recipes); each flag below that says 'recipe's' overrides one",
+    )
+    recipe = parser.add_argument_group("recipe settings (default: the --recipe's value)",
+                                       argument_default=argparse.SUPPRESS)
+    recipe.add_argument("--batch-size", type=int, help=f"batch size per replica; recipe's: {recipes.describe('batch_size')}")
+    recipe.add_argument(
         "--epoch-images",
         type=int,
-        default=PROTOTYPE_EPOCH_IMAGES,
-        help="augmented training images per epoch (at least one pass over the train photos); the default is the "
-        "prototype's epoch: 80%% of its 300 augmented copies",
+        help="augmented training images per epoch (at least one pass over the train photos); 240 is the "
+        f"prototype's epoch, 80%% of its 300 augmented copies; recipe's: {recipes.describe('epoch_images')}",
     )
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="train steps per epoch; overrides --epoch-images")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    parser.add_argument("--loss", choices=LOSSES, default="bce", help="training loss")
-    parser.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs on val_loss")
+    recipe.add_argument("--lr", type=float, help=f"learning rate (a schedule's peak); recipe's: {recipes.describe('lr')}")
+    recipe.add_argument("--schedule", choices=recipes.SCHEDULES,
+                        help=f"learning-rate schedule over the run; recipe's: {recipes.describe('schedule')}")
+    recipe.add_argument("--warmup-epochs", type=float,
+                        help=f"cosine: linear warm-up from 0; recipe's: {recipes.describe('warmup_epochs')}")
+    recipe.add_argument("--weight-decay", type=float,
+                        help=f"AdamW weight decay (0: Adam); recipe's: {recipes.describe('weight_decay')}")
+    recipe.add_argument("--loss", choices=LOSSES, help=f"training loss; recipe's: {recipes.describe('loss')}")
+    recipe.add_argument("--bn-momentum", type=float,
+                        help=f"BatchNormalization moving-average momentum; recipe's: {recipes.describe('bn_momentum')}")
+    recipe.add_argument("--monitor", choices=sorted(recipes.MONITORS),
+                        help="what early stopping and best.keras follow (val_loss: lowest, val_iou: highest); "
+                        f"recipe's: {recipes.describe('monitor')}")
+    recipe.add_argument("--patience", type=int,
+                        help=f"early-stopping patience in epochs; recipe's: {recipes.describe('patience')}")
     parser.add_argument(
-        "--min-delta", type=float, default=0.0, help="early stopping: the least fall in val_loss that counts as better"
+        "--min-delta", type=float, default=0.0,
+        help="early stopping: the least improvement of --monitor that counts as better",
     )
     parser.add_argument("--backbone", choices=sorted(BLOCKS_PER_STAGE), default="resnet18", help="UNet encoder")
     parser.add_argument(
@@ -96,11 +117,15 @@ def parse_args(argv=None):
         "record set once more at start)",
     )
     args = parser.parse_args(argv)
+    settings, _ = recipes.resolve(args.recipe, {name: getattr(args, name, None) for name in recipes.SETTINGS})
+    vars(args).update(settings)
     for name in ("epochs", "epoch_images", "batch_size", "patience", "steps_per_epoch", "image_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.min_delta < 0:
         parser.error("--min-delta must be at least 0")
+    if args.lr <= 0 or args.warmup_epochs < 0 or args.weight_decay < 0 or not 0 <= args.bn_momentum < 1:
+        parser.error("--lr must be above 0, --warmup-epochs and --weight-decay at least 0, --bn-momentum in [0, 1)")
     if args.crop is not None and (args.crop < OUTPUT_STRIDE or args.crop % OUTPUT_STRIDE):
         parser.error(f"--crop {args.crop} is not a positive multiple of {OUTPUT_STRIDE} (the network halves the image "
                      "5 times)")
@@ -157,14 +182,7 @@ def train_model(args, manifest, started):
 
     from stoneseg import distribute
     from stoneseg.augment import RandomRecordCrop, SegmentationAugmentation
-    from stoneseg.callbacks import (
-        ResumableEarlyStopping,
-        ValidationImages,
-        backed_up_epochs,
-        best_epoch,
-        read_history,
-        trim_history,
-    )
+    from stoneseg.callbacks import ValidationImages, backed_up_epochs, read_history, trim_history
     from stoneseg.data import make_dataset, shard_by
     from stoneseg.metrics import make_loss, training_metrics
     from stoneseg.model import build_unet
@@ -218,9 +236,11 @@ def train_model(args, manifest, started):
 
     with strategy.scope():
         if args.crop is None:
-            network, crop, saved_input_shape = build_unet((height, width, 3), backbone=args.backbone), None, None
+            network = build_unet((height, width, 3), backbone=args.backbone, bn_momentum=args.bn_momentum)
+            crop, saved_input_shape = None, None
         else:  # crops to train, whole records to validate: one network for any size
-            network = build_unet((None, None, 3), backbone=args.backbone, scale=manifest["scale"])
+            network = build_unet((None, None, 3), backbone=args.backbone, scale=manifest["scale"],
+                                 bn_momentum=args.bn_momentum)
             crop = RandomRecordCrop(args.crop, seed=args.seed)
             saved_input_shape = (height, width, 3) if squash else None  # predict squashes photos to this size
         trainer = SegmentationTrainer(
@@ -228,31 +248,14 @@ def train_model(args, manifest, started):
             saved_input_shape=saved_input_shape,
         )
         trainer.compile(
-            optimizer=keras.optimizers.Adam(args.lr),
+            optimizer=recipes.make_optimizer(vars(args), args.epochs, steps),
             loss=make_loss(args.loss),
             metrics=training_metrics(),
             jit_compile=False,  # the network's own compute is compiled inside the trainer when jit
         )
         trainer.build((None, args.crop, args.crop, 3) if args.crop else (None, height, width, 3))
 
-    best_so_far = best_epoch(history)
-    callbacks = [
-        keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.CSVLogger(task_dir / "history.csv", append=True),
-        keras.callbacks.ModelCheckpoint(
-            task_dir / "best.keras",
-            monitor="val_loss",
-            save_best_only=True,
-            initial_value_threshold=best_so_far["val_loss"] if best_so_far else None,
-        ),
-        # Last of the per-epoch writers: an epoch counts as done only once all of the above are on disk
-        # (a resumed run drops history rows of epochs this did not back up: trim_history).
-        keras.callbacks.BackupAndRestore(task_dir / BACKUP, double_checkpoint=True),
-        ResumableEarlyStopping(
-            task_dir / "history.csv", monitor="val_loss", mode="min", patience=args.patience, min_delta=args.min_delta
-        ),
-        keras.callbacks.TensorBoard(task_dir / "logs", write_graph=False),
-    ]
+    callbacks = run_callbacks(args, task_dir, history)
     if chief:
         images, masks, *_ = next(iter(make_dataset(args.records, "val", args.val_images, training=False, crop=args.crop)))
         callbacks.append(ValidationImages(run_dir / "logs" / "images", images, masks))
@@ -268,8 +271,38 @@ def train_model(args, manifest, started):
     if not chief:
         shutil.rmtree(task_dir, ignore_errors=True)
         return 0
-    print(summary(run_dir, time.time() - started), flush=True)
+    print(summary(run_dir, time.time() - started, args.monitor), flush=True)
     return 0
+
+
+def run_callbacks(args, task_dir, history):
+    """The callbacks of every task of a run in `task_dir` whose `history` rows are logged so far: the history,
+    the best checkpoint and early stopping by args.monitor (lowest val_loss, highest val_iou), the backup that
+    a restarted run resumes from, and TensorBoard."""
+    import keras
+
+    from stoneseg.callbacks import ResumableEarlyStopping, best_epoch
+
+    mode = recipes.MONITORS[args.monitor]
+    best_so_far = best_epoch(history, args.monitor, mode)
+    return [
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(task_dir / "history.csv", append=True),
+        keras.callbacks.ModelCheckpoint(
+            task_dir / "best.keras",
+            monitor=args.monitor,
+            mode=mode,
+            save_best_only=True,
+            initial_value_threshold=best_so_far[args.monitor] if best_so_far else None,
+        ),
+        # Last of the per-epoch writers: an epoch counts as done only once all of the above are on disk
+        # (a resumed run drops history rows of epochs this did not back up: trim_history).
+        keras.callbacks.BackupAndRestore(task_dir / BACKUP, double_checkpoint=True),
+        ResumableEarlyStopping(
+            task_dir / "history.csv", monitor=args.monitor, mode=mode, patience=args.patience, min_delta=args.min_delta
+        ),
+        keras.callbacks.TensorBoard(task_dir / "logs", write_graph=False),
+    ]
 
 
 def find_run_dir(args):
@@ -296,8 +329,10 @@ def write_config(run_dir, args, manifest, strategy, jit):
     import tensorflow as tf
 
     manifest_bytes = (args.records / MANIFEST).read_bytes()
+    settings, overridden = recipes.resolve(args.recipe, {name: getattr(args, name) for name in recipes.SETTINGS})
     config = {
         "arguments": _run_arguments(args),
+        "recipe": {"name": args.recipe, "settings": settings, "overridden": overridden},
         "run_dir": str(run_dir),
         "started": datetime.now().astimezone().isoformat(timespec="seconds"),
         "packages": {name: metadata.version(name) for name in PACKAGES},
@@ -314,12 +349,12 @@ def write_config(run_dir, args, manifest, strategy, jit):
     write_atomically(path, (json.dumps(config, indent=2) + "\n").encode())
 
 
-def summary(run_dir, seconds):
-    """One line: the best epoch, its validation scores and where the model is."""
+def summary(run_dir, seconds, monitor="val_loss"):
+    """One line: the best epoch by `monitor`, its validation scores and where the model is."""
     from stoneseg.callbacks import best_epoch, read_history
 
     history = read_history(run_dir / "history.csv")
-    best = best_epoch(history)
+    best = best_epoch(history, monitor, recipes.MONITORS[monitor])
     if best is None:
         return f"no epoch finished; see {run_dir}"
     return (

@@ -131,6 +131,22 @@ def test_bad_arguments_get_a_clear_error(kwargs, message):
         build_unet(**kwargs)
 
 
+
+def batchnorms(model):
+    return [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def test_every_batchnorm_takes_the_momentum_asked_for_and_keeps_its_epsilon(unet256):
+    """Momentum 0.99 (the prototype's) unless told; encoder epsilon 2e-5 (classification_models'), decoder
+    Keras' 1e-3, either way. resnet18: 1 stem + 8 blocks x 2 + 1 post in the encoder, 5 x 2 in the decoder."""
+    quick = build_unet((64, 64, 3), bn_momentum=0.9)
+    for model, momentum in ((unet256, 0.99), (quick, 0.9)):
+        layers = batchnorms(model)
+        assert len(layers) == 18 + 10 and {layer.momentum for layer in layers} == {momentum}
+        assert sorted({layer.epsilon for layer in layers}) == [2e-5, 1e-3]
+        assert sum(layer.epsilon == 2e-5 for layer in layers) == 18
+    assert quick.count_params() == build_unet((64, 64, 3)).count_params() == RESNET18_UNET_PARAMS
+
 def test_several_classes_get_a_softmax():
     probabilities = build_unet((64, 64, 3), num_classes=3).predict(random_images(1, 64, 64), verbose=0)
     assert probabilities.shape == (1, 64, 64, 3)

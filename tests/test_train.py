@@ -143,6 +143,64 @@ def test_the_same_command_resumes_a_killed_run_and_stops_where_the_uninterrupted
     assert (run_dir / "best.keras").is_file() and not (run_dir / "backup").exists()
 
 
+
+# The cosine recipe on 4 epochs of 4 steps (--epoch-images 4 is one pass over the 8 train photos in
+# batches of 2): a warm-up of 4 steps, then the cosine over 12, so each epoch ends at another rate.
+COSINE = ["--recipe", "cosine", "--epochs", "4", "--epoch-images", "4", "--batch-size", "2", "--val-images", "2"]
+COSINE_RATES = [1e-3, 1e-3 * (0.01 + 0.99 * 0.75), 1e-3 * (0.01 + 0.99 * 0.25), 1e-5]  # after steps 4, 8, 12, 16
+
+
+def logged_learning_rates(run_dir):
+    """TensorBoard's epoch_learning_rate by epoch (the last one logged for an epoch logged twice)."""
+    rates = {}
+    for events in sorted((run_dir / "logs" / "train").glob("events.out.tfevents.*"), key=lambda path: path.stat().st_mtime):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                if value.tag == "epoch_learning_rate":
+                    rates[event.step] = float(tf.make_ndarray(value.tensor))
+    return [rates[epoch] for epoch in sorted(rates)]
+
+
+@pytest.fixture(scope="module")
+def cosine_run(tiny_records, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "cosine"
+    return run_dir, *run_train(tiny_records, run_dir, *COSINE)
+
+
+def test_the_cosine_recipe_logs_its_schedule_and_records_the_recipe(cosine_run):
+    run_dir, stdout, stderr = cosine_run
+    assert stderr == "" and "4 steps per epoch" in stdout
+    assert logged_learning_rates(run_dir) == pytest.approx(COSINE_RATES, rel=1e-5)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["recipe"] == {"name": "cosine", "overridden": ["batch_size", "epoch_images"], "settings": {
+        "lr": 1e-3, "schedule": "cosine", "warmup_epochs": 1, "weight_decay": 0.004, "loss": "bce_dice", "batch_size": 2,
+        "epoch_images": 4, "bn_momentum": 0.9, "monitor": "val_iou", "patience": 10}}
+    assert config["arguments"]["recipe"] == "cosine" and config["arguments"]["monitor"] == "val_iou"
+    history = read_history(run_dir / "history.csv")
+    best = max(history, key=lambda row: row["val_iou"])  # the first of the highest, as the checkpoint keeps it
+    assert f"best epoch {int(best['epoch']) + 1} of 4: " in stdout and f"val IoU {best['val_iou']:.4f}" in stdout
+
+
+def test_a_resumed_run_continues_the_schedule_where_it_stopped(cosine_run, tiny_records, tmp_path):
+    """Killed after a backed-up epoch and started again, a cosine run logs at each epoch the learning rate
+    of the uninterrupted run: the schedule follows the optimizer's step counter, which the backup holds."""
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(train_command(tiny_records, run_dir, *COSINE), cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (run_dir / "backup" / "training_metadata.json").is_file() and process.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = json.loads((run_dir / "backup" / "training_metadata.json").read_text())["epoch"]
+    assert 1 <= done < 4, "killed after the first epoch, before the last"
+
+    stdout, _ = run_train(tiny_records, run_dir, *COSINE)
+    assert f"resuming {run_dir} from its backup after epoch {done}" in stdout and "Epoch 1/4" not in stdout
+    assert logged_learning_rates(run_dir) == pytest.approx(logged_learning_rates(cosine_run[0]), rel=1e-6)
+    assert [row["epoch"] for row in read_history(run_dir / "history.csv")] == [0, 1, 2, 3]
+
 def test_resumed_early_stopping_replays_the_history_with_min_delta(tmp_path):
     """Epochs 1 and 2 fall by less than min_delta, so EarlyStopping keeps epoch 0 as best with a wait of 2;
     the lowest val_loss (epoch 2) is not what it counts from."""
