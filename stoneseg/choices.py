@@ -7,3 +7,4 @@ BLOCKS_PER_STAGE = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}  # encod
 OUTPUT_STRIDE = 32  # the stem conv, the stem pool and stages 2-4 each halve the image
 LOSSES = ("bce", "bce_dice")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")  # --precision; resolved by stoneseg.precision

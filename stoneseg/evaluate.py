@@ -37,7 +37,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stoneseg import cli, io, stones
+from stoneseg import cli, io, precision, stones
+from stoneseg.choices import PRECISIONS
 from stoneseg.cli import InputError
 from stoneseg.files import recover, staged_folder
 from stoneseg.inference import Inference, check_model_file, decode_ahead, full_size_mask, load_model
@@ -415,6 +416,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=None, metavar="F",
                         help="resize photos by F (0 < F <= 1) for the model instead of the scale it records")
     parser.add_argument("--batch-size", type=int, default=4, help="photos (or tiles) per model call")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=precision.HELP)
     parser.add_argument("--workers", type=int, default=cli.cores(), help="threads decoding photos with --data")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     parser.add_argument("--skip-hash", action="store_true",
@@ -452,7 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         check_shards(args.records, manifest, [args.split], hashes=not args.skip_hash)
         total = manifest["splits"][args.split]["examples"]
     tf = cli.import_tensorflow()
-    inference = Inference(load_model(args.model), scale=args.scale, batch_size=args.batch_size, name=str(args.model))
+    resolved = precision.on_this_machine(args.precision)
+    print(resolved.describe(), flush=True)
+    inference = Inference(load_model(args.model, resolved), scale=args.scale, batch_size=args.batch_size, name=str(args.model))
     if args.data is None:
         check_records_fit(inference, manifest, args.records, args.model)
 

@@ -35,6 +35,7 @@ import numpy as np
 from stoneseg import io
 from stoneseg.choices import OUTPUT_STRIDE
 from stoneseg.cli import InputError
+from stoneseg.precision import Precision, apply_to_model
 
 if TYPE_CHECKING:
     import keras
@@ -52,11 +53,15 @@ def check_model_file(path: Path) -> None:
         raise InputError(f"{path}: not a Keras model file (a .keras file is a zip archive, this is not)")
 
 
-def load_model(path: Path) -> keras.Model:
-    """The saved model, loaded with safe_mode=True; it must map images to one probability per pixel."""
+def load_model(path: Path, precision: Precision | None = None) -> keras.Model:
+    """The saved model, loaded with safe_mode=True; it must map images to one probability per pixel.
+
+    `precision` (stoneseg.precision): the model computes in it whatever policy it was saved under (its
+    input and probabilities stay float32); None keeps the saved policy.
+    """
     import keras
 
-    import stoneseg.model  # noqa: F401  registers the layers of our own that a model file may hold (PhotoScale)
+    from stoneseg.model import FLOAT32_LAYERS  # also registers our own layers a model file may hold (PhotoScale)
 
     check_model_file(path)
     try:
@@ -67,6 +72,8 @@ def load_model(path: Path) -> keras.Model:
     if len(input_shape) != 4 or input_shape[-1] != 3 or output_shape[1:] != (*input_shape[1:3], 1):
         raise InputError(f"{path}: expected a model from RGB images (N, H, W, 3) to one probability per pixel "
                          f"(N, H, W, 1), got {input_shape} -> {output_shape}")
+    if precision is not None:
+        apply_to_model(model, precision, keep_float32=FLOAT32_LAYERS)
     return model
 
 

@@ -26,6 +26,8 @@ from stoneseg.choices import BLOCKS_PER_STAGE, OUTPUT_STRIDE
 STAGE_FILTERS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
 PHOTO_SCALE_LAYER = "photo_scale"
+PROBABILITIES_LAYER = "mask"
+FLOAT32_LAYERS = (PHOTO_SCALE_LAYER, PROBABILITIES_LAYER)  # float32 under any policy: pixels in, probabilities out
 
 # classification_models' ResNet uses epsilon 2e-5; the decoder keeps Keras' 1e-3, as segmentation_models does.
 # Both use momentum 0.99 (Keras' default, the prototype's) unless build_unet is given another.
@@ -181,7 +183,7 @@ def segmentation_head(x, num_classes=1):
     activation = "sigmoid" if num_classes == 1 else "softmax"
     x = layers.Conv2D(num_classes, 3, padding="same", name="head_conv")(x)
     # float32 even under a mixed_float16 policy, so probabilities near 0 and 1 and the loss stay exact.
-    return layers.Activation(activation, dtype="float32", name="mask")(x)
+    return layers.Activation(activation, dtype="float32", name=PROBABILITIES_LAYER)(x)
 
 
 def build_unet(input_shape=(256, 256, 3), backbone="resnet18", decoder_filters=(256, 128, 64, 32, 16), num_classes=1,

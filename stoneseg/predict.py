@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from stoneseg import cli, io, stones
-from stoneseg.choices import OUTPUT_STRIDE
+from stoneseg import cli, io, precision, stones
+from stoneseg.choices import OUTPUT_STRIDE, PRECISIONS
 from stoneseg.cli import InputError
 from stoneseg.files import write_atomically
 from stoneseg.inference import (DEFAULT_TILE, DEFAULT_TILE_OVERLAP, Inference, check_model_file, decode_ahead,
@@ -359,6 +359,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder for the masks and predictions.csv")
     parser.add_argument("--threshold", type=float, default=0.5, help="stone where the probability is at least this")
     parser.add_argument("--batch-size", type=int, default=4, help="photos (or tiles) per model call")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=precision.HELP)
     parser.add_argument("--overlay", action="store_true",
                         help="also write NAME_overlay.jpg: the photo with each stone outlined in its own colour")
     parser.add_argument("--mm-per-pixel", type=float, default=None, metavar="MM",
@@ -421,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"{len(in_the_way)} output(s) exist already ({listed}{more}); nothing was written "
                          "(pass --overwrite to replace them)")
     cli.import_tensorflow()
-    inference = inference_for(load_model(args.model), args)
+    resolved = precision.on_this_machine(args.precision)
+    print(resolved.describe(), flush=True)
+    inference = inference_for(load_model(args.model, resolved), args)
 
     created_out = not args.out.exists()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,8 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
-from stoneseg import cli, recipes, records
-from stoneseg.choices import BLOCKS_PER_STAGE, LOSSES, OUTPUT_STRIDE, STRATEGIES
+from stoneseg import cli, precision, recipes, records
+from stoneseg.choices import BLOCKS_PER_STAGE, LOSSES, OUTPUT_STRIDE, PRECISIONS, STRATEGIES
 from stoneseg.cli import InputError
 from stoneseg.files import write_atomically
 from stoneseg.records import MANIFEST
@@ -101,7 +101,13 @@ def parse_args(argv=None):
         f"scores whole records. Default: {DEFAULT_SCALE_CROP} for scale records (the prototype's input size, so a "
         "step costs what a squash-256 step does), whole records for squash records",
     )
-    parser.add_argument("--mixed-precision", action="store_true", help="float16 (bfloat16 on TPU) compute")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help=precision.HELP + "; the variables, augmentation, loss and metrics stay float32, and float16 scales the loss",
+    )
+    parser.add_argument("--mixed-precision", action="store_true", help=argparse.SUPPRESS)  # removed: see below
     parser.add_argument(
         "--jit",
         action=argparse.BooleanOptionalAction,
@@ -117,6 +123,9 @@ def parse_args(argv=None):
         "record set once more at start)",
     )
     args = parser.parse_args(argv)
+    if args.mixed_precision:  # it meant float16 on every device but a TPU, which is emulated (slow) on CPUs
+        parser.error("--mixed-precision is gone: use --precision float16 for what it did, or --precision auto")
+    del args.mixed_precision
     settings, _ = recipes.resolve(args.recipe, {name: getattr(args, name, None) for name in recipes.SETTINGS})
     vars(args).update(settings)
     for name in ("epochs", "epoch_images", "batch_size", "patience", "steps_per_epoch", "image_size"):
@@ -169,14 +178,18 @@ def main(argv=None):
     records.check_shards(args.records, manifest, ("train", "val"), hashes=not args.skip_hash)
 
     tf = cli.import_tensorflow()
+    resolved = precision.on_this_machine(args.precision, tpu=args.strategy == "tpu")
+    print(resolved.describe(), flush=True)
     try:
-        return train_model(args, manifest, started)
+        with precision.global_policy(resolved):  # restored afterwards, for a caller that goes on (a test)
+            return train_model(args, manifest, started, resolved)
     except tf.errors.DataLossError as error:
         raise records.corrupted(args.records, manifest, ("train", "val"), error.message.splitlines()[0]) from None
 
 
-def train_model(args, manifest, started):
-    """Train as `args` say on the checked records of `manifest`; returns the exit status."""
+def train_model(args, manifest, started, resolved):
+    """Train as `args` say on the checked records of `manifest`, under the global dtype policy of
+    `resolved` (a stoneseg.precision.Precision); returns the exit status."""
     import keras
     import tensorflow as tf
 
@@ -192,8 +205,6 @@ def train_model(args, manifest, started):
     keras.utils.set_random_seed(args.seed)
     accelerated = bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
     jit = accelerated if args.jit is None else args.jit
-    if args.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16" if args.strategy == "tpu" else "mixed_float16")
     squash = manifest["mode"] == "squash"
     height, width = manifest["image_size"] if squash else (None, None)
 
@@ -220,7 +231,7 @@ def train_model(args, manifest, started):
         raise InputError(f"{run_dir} holds a finished run ({len(history)} epochs); choose another --run-dir")
     task_dir.mkdir(parents=True, exist_ok=True)
     if chief:
-        write_config(run_dir, args, manifest, strategy, jit)
+        write_config(run_dir, args, manifest, strategy, jit, resolved)
 
     steps = steps_per_epoch(args, records.split_size(manifest, "train"), global_batch)
     train_shards = len(manifest["splits"]["train"]["shards"])
@@ -318,7 +329,7 @@ def find_run_dir(args):
     return runs / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def write_config(run_dir, args, manifest, strategy, jit):
+def write_config(run_dir, args, manifest, strategy, jit, resolved):
     """config.json: every argument, the package versions, the records' manifest hash and the devices.
     A resumed run keeps the config it started with."""
     path = run_dir / "config.json"
@@ -345,6 +356,9 @@ def write_config(run_dir, args, manifest, strategy, jit):
         "replicas": strategy.num_replicas_in_sync,
         "devices": [device.name for device in tf.config.list_logical_devices()],
         "jit": jit,
+        "precision": resolved.name,
+        "dtype_policy": resolved.policy,
+        "precision_reason": resolved.reason,
     }
     write_atomically(path, (json.dumps(config, indent=2) + "\n").encode())
 
