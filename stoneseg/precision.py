@@ -119,9 +119,10 @@ def global_policy(precision: Precision):
         keras.mixed_precision.set_global_policy(before)
 
 
-def apply_to_model(model, precision: Precision, keep_float32: tuple[str, ...]):
+def apply_to_model(model, precision: Precision, keep_float32: tuple[str, ...] = ()):
     """`model` (a loaded Keras model, changed in place and returned) computing in `precision`: every
-    layer takes its policy except the input layers and those named in `keep_float32`, which stay float32.
+    layer takes its policy except the input layers, the output layers (probabilities stay float32) and
+    those named in `keep_float32`, which are float32.
 
     A model keeps the policy it was saved under; this is how a float32 model runs in bfloat16 (or a
     bfloat16-trained model in float32). The variables are float32 under every policy, so the weights
@@ -129,10 +130,9 @@ def apply_to_model(model, precision: Precision, keep_float32: tuple[str, ...]):
     """
     import keras
 
+    float32 = set(keep_float32) | set(model.output_names)
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        if isinstance(layer, keras.Model):
-            apply_to_model(layer, precision, keep_float32)
-        layer.dtype_policy = "float32" if layer.name in keep_float32 else precision.policy
+        layer.dtype_policy = "float32" if layer.name in float32 else precision.policy
     return model

@@ -46,6 +46,10 @@ def read_rows(out):
 
 
 def run(capsys, *argv):
+    """predict.main on `argv`, in float32 unless --precision is given: the expected figures are float32's on any
+    machine (auto picks bfloat16 on an avx512_bf16 CPU; tests/test_precision.py covers that)."""
+    if "--precision" not in argv:
+        argv = (*argv, "--precision", "float32")
     status = predict.main([str(arg) for arg in argv])
     captured = capsys.readouterr()
     return status, captured.out, captured.err

@@ -282,7 +282,7 @@ def test_strategy_errors_are_clear(monkeypatch):
 def test_help_lists_the_recipe_defaults():
     result = subprocess.run([sys.executable, "-m", "stoneseg.train", "--help"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0
-    for flag in ("--strategy", "--loss", "--lr", "--epochs", "--batch-size", "--mixed-precision", "--jit", "--no-jit"):
+    for flag in ("--strategy", "--loss", "--lr", "--epochs", "--batch-size", "--precision", "--jit", "--no-jit"):
         assert flag in result.stdout
 
 
