@@ -20,6 +20,11 @@ On the sample photos in data/sample (written by tools.make_sample if missing), w
     loads the saved model, predicts the first photo to trace the model, then --kind-photos photos end to
     end (masks written); it reports seconds per photo of that run and memory from /proc: RSS with the model
     loaded, RSS once warmed, and the peak RSS (VmHWM) over the process and over the timed run alone.
+(3) --precision-model M.keras (or --precision-model random: an untrained scale-0.5 UNet, timing only):
+    the model loaded twice, in float32 and in bfloat16 (stoneseg.inference.load_model), predicts the 20
+    stones20 photos (decoded once beforehand) in alternating rounds; prints photos/s of each (median over
+    --precision-rounds), the line `bfloat16 / float32 = R`, and, for a trained model, how many pixels of
+    the full-size masks agree (the least of any photo and over all photos).
 """
 
 import argparse
@@ -40,6 +45,7 @@ import numpy as np  # noqa: E402
 
 from bench.machine import describe  # noqa: E402
 from stoneseg import inference, io, predict, stones  # noqa: E402
+from stoneseg.precision import Precision  # noqa: E402
 from stoneseg.model import build_unet  # noqa: E402
 from tools.make_sample import write_sample  # noqa: E402
 
@@ -149,6 +155,10 @@ def main() -> None:
                         help="time the squash model's stages and end to end (1)")
     parser.add_argument("--kinds", default=KINDS, help="kinds of model for the per-process comparison (2); '' for none")
     parser.add_argument("--kind-photos", type=int, default=2, help="photos timed per kind after the warm-up photo")
+    parser.add_argument("--precision-model", default=None, metavar="M.keras",
+                        help="compare bfloat16 with float32 prediction on stones20 with this model (3); 'random': an "
+                             "untrained scale-0.5 UNet, timing only")
+    parser.add_argument("--precision-rounds", type=int, default=3, help="alternating rounds of (3)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # one kind, in its own process
     parser.add_argument("child_photos", nargs="*", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -156,6 +166,11 @@ def main() -> None:
         print(json.dumps(measure_kind(args.child, args.child_photos, args.batch_size)))
         return
 
+    if args.precision_model:
+        print(describe())
+        compare_precisions(args.precision_model, args.precision_rounds, args.batch_size)
+        if not args.stages and not args.kinds:
+            return
     if not SAMPLE.exists():
         print(f"writing the bench sample (20 photos of 3456x4806) to {SAMPLE}")
         write_sample(SAMPLE, count=20)
@@ -241,6 +256,44 @@ def time_squash_stages(photos: list[Path], batch_size: int, repeats: int) -> Non
             times = end_to_end(loaded, model_path, real, scratch, batch_size, repeats, overlay=True)
             print(f"stones20, {len(real)} photos of 512 to 2000 px, masks and overlays, end to end (model loaded; median "
                   f"of {repeats} runs): {statistics.median(times):.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times)})")
+
+
+def compare_precisions(model_path: str, rounds: int, batch_size: int) -> None:
+    """(3): stones20 predicted by one model in float32 and in bfloat16, side by side in alternating rounds."""
+    with tempfile.TemporaryDirectory() as scratch:
+        if model_path == "random":
+            model_path = Path(scratch) / "random.keras"
+            build_unet((None, None, 3), scale=0.5).save(model_path)
+        feeds = {name: inference.Inference(inference.load_model(Path(model_path), Precision(name, "bench")),
+                                           batch_size=batch_size) for name in ("float32", "bfloat16")}
+    photos = predict.find_photos([STONES20])
+    decoded = [io.read_photo(photo, feeds["float32"].size) for photo in photos]
+    print(f"\n(3) {len(photos)} stones20 photos with {model_path}, {feeds['float32'].describe()}; "
+          f"{rounds} alternating rounds after one warm-up photo each")
+    for feed in feeds.values():
+        feed.probability(decoded[0][0])
+    rates, maps = {name: [] for name in feeds}, {}
+    for _ in range(rounds):
+        for name, feed in feeds.items():
+            started = time.perf_counter()
+            maps[name] = [feed.probability(image) for image, _ in decoded]
+            rates[name].append(len(photos) / (time.perf_counter() - started))
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    for name, values in rates.items():
+        print(f"  {name:<9} {median[name]:6.2f} photos/s  (rounds: {', '.join(f'{rate:.2f}' for rate in values)})")
+    print(f"bfloat16 / float32 = {median['bfloat16'] / median['float32']:.2f}  (prediction, photos/s)")
+    if str(model_path).endswith("random.keras"):
+        print("  (untrained model: mask agreement not measured)")
+        return
+    agreeing, total, least = 0, 0, (1.0, "")
+    for photo, (_, original), float32, bfloat16 in zip(photos, decoded, maps["float32"], maps["bfloat16"]):
+        same = np.count_nonzero(inference.full_size_mask(float32, original, 0.5)
+                                == inference.full_size_mask(bfloat16, original, 0.5))
+        agreeing, total = agreeing + same, total + original[0] * original[1]
+        least = min(least, (same / (original[0] * original[1]), photo.name))
+    print(f"full-size masks (threshold 0.5) agreeing with float32's: {agreeing / total:.4%} of all pixels, "
+          f"least {least[0]:.4%} ({least[1]})  (target: at least 99.5%)")
+    print(f"load average now {os.getloadavg()[0]:.1f}")
 
 
 def end_to_end(model, model_path: Path, photos: list[Path], scratch: Path, batch_size: int, repeats: int,

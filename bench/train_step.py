@@ -4,7 +4,9 @@
   (b) training fed from in-memory tensors (one batch repeated; Keras' own train step, no augmentation);
   (c) training fed from the real pipeline, augmentation inside the train step (what stoneseg.train does);
   plus where the augmentation is placed: in the tf.data map on the host instead of the train step,
-  and XLA on and off for the network (with augmentation in the step, only the network is compiled).
+  and XLA on and off for the network (with augmentation in the step, only the network is compiled);
+  and (c) again under the mixed_bfloat16 policy (stoneseg.train --precision bfloat16), without and with
+  XLA, for the line `bfloat16 / float32 = R` (target R >= 1.4 on a CPU with avx512_bf16).
 
 Cases run in alternating rounds. Each figure is the median over rounds of the median step interval,
 which skips each fit's first step; so that an input stall (only the pipeline-fed cases can have one)
@@ -12,7 +14,8 @@ cannot hide, (c)/(b) is also given from the total elapsed time of each fit, firs
 --steps is the number of timed steps (batches for (a)) per case per round.
 The crop variant (--crop N) asks the same of `train --crop N` on scale records, whose sizes differ: (a)
 batches of whole records padded to a common size, (b) N×N crops from memory, (c) the real pipeline with
-the random crop and the augmentation inside the train step; the network takes any size in both.
+the random crop and the augmentation inside the train step; the network takes any size in both; (c)
+also runs under bfloat16.
 
     python -m bench.train_step [--records DIR] [--rounds 3] [--steps 20] [--crop N [--scale F]]
 Without --records it builds records of ../shared/data/stones20 at 256 px into data/bench-records/ (with
@@ -36,6 +39,7 @@ from stoneseg.augment import RandomRecordCrop, SegmentationAugmentation  # noqa:
 from stoneseg.data import make_dataset  # noqa: E402
 from stoneseg.metrics import make_loss, training_metrics  # noqa: E402
 from stoneseg.model import build_unet  # noqa: E402
+from stoneseg.precision import Precision, global_policy  # noqa: E402
 from stoneseg.trainer import SegmentationTrainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +148,10 @@ def main():
     if args.crop is None:
         print(f"augmentation in tf.data map / in train step = {median[HOST_AUGMENTED] / c:.3f}")
         print(f"XLA / no XLA, in-memory = {median[IN_MEMORY_XLA] / b:.3f}; with augmentation in step = "
-              f"{median[IN_STEP_XLA] / c:.3f}")
+              f"{median[IN_STEP_XLA] / c:.3f}; with augmentation in step under bfloat16 = "
+              f"{median[IN_STEP_XLA_BF16] / median[IN_STEP_BF16]:.3f}")
+    print(f"bfloat16 / float32 = {median[IN_STEP_BF16] / c:.3f}  (images/s, real pipeline, augmentation in the "
+          "train step; target >= 1.4 on a CPU with avx512_bf16)")
     print(f"load average now {os.getloadavg()[0]:.1f}")
 
 
@@ -153,6 +160,15 @@ IN_MEMORY = "(b) in-memory tensors, no augmentation"
 HOST_AUGMENTED = "    real pipeline, augmentation in tf.data map"
 IN_MEMORY_XLA = "    in-memory tensors, XLA"
 IN_STEP_XLA = "    real pipeline, augmentation in step, network XLA"
+IN_STEP_BF16 = "    real pipeline, augmentation in step, bfloat16"
+IN_STEP_XLA_BF16 = "    real pipeline, augmentation in step, network XLA, bfloat16"
+
+
+def bfloat16(build):
+    """What `build()` returns, built (and compiled) under the mixed_bfloat16 policy, as train --precision
+    bfloat16 builds it."""
+    with global_policy(Precision("bfloat16", "bench")):
+        return build()
 
 
 def placement_cases(pipeline, images, masks):
@@ -171,6 +187,15 @@ def placement_cases(pipeline, images, masks):
             compiled(SegmentationTrainer(build_unet(shape), SegmentationAugmentation(seed=0), jit_network=True), jit=False),
             pipeline,
         ),
+        IN_STEP_BF16: (
+            bfloat16(lambda: compiled(SegmentationTrainer(build_unet(shape), SegmentationAugmentation(seed=0)), jit=False)),
+            pipeline,
+        ),
+        IN_STEP_XLA_BF16: (
+            bfloat16(lambda: compiled(SegmentationTrainer(build_unet(shape), SegmentationAugmentation(seed=0),
+                                                          jit_network=True), jit=False)),
+            pipeline,
+        ),
     }
 
 
@@ -178,11 +203,14 @@ def crop_cases(pipeline, images, masks, crop):
     """The crop variant: (b) crops from memory, (c) padded records cropped and augmented in the step;
     the network takes any size in both, as `train --crop` builds it."""
     in_memory = tf.data.Dataset.from_tensors((images, masks)).repeat()
-    trainer = SegmentationTrainer(build_unet((None, None, 3)), SegmentationAugmentation(seed=0),
-                                  crop=RandomRecordCrop(crop, seed=0))
+    def trainer():
+        return compiled(SegmentationTrainer(build_unet((None, None, 3)), SegmentationAugmentation(seed=0),
+                                            crop=RandomRecordCrop(crop, seed=0)), jit=False)
+
     return {
         IN_MEMORY: (compiled(build_unet((None, None, 3)), jit=False), in_memory),
-        "(c) real pipeline, crop and augmentation in train step": (compiled(trainer, jit=False), pipeline),
+        "(c) real pipeline, crop and augmentation in train step": (trainer(), pipeline),
+        IN_STEP_BF16: (bfloat16(trainer), pipeline),
     }
 
 
