@@ -161,7 +161,7 @@ HOST_AUGMENTED = "    real pipeline, augmentation in tf.data map"
 IN_MEMORY_XLA = "    in-memory tensors, XLA"
 IN_STEP_XLA = "    real pipeline, augmentation in step, network XLA"
 IN_STEP_BF16 = "    real pipeline, augmentation in step, bfloat16"
-IN_STEP_XLA_BF16 = "    real pipeline, augmentation in step, network XLA, bfloat16"
+IN_STEP_XLA_BF16 = "    real pipeline, aug. in step, network XLA, bfloat16"
 
 
 def bfloat16(build):

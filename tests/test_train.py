@@ -413,7 +413,7 @@ def trainer_for(network, augmentation, optimizer, jit_network=False):
 
 
 def test_a_mixed_precision_step_moves_the_weights_as_a_float32_step_does(mixed_float16):
-    """--mixed-precision: float16 compute with loss scaling. From the same weights, one SGD step of the
+    """--precision float16: float16 compute with loss scaling. From the same weights, one SGD step of the
     trainer moves the float32 head kernel by -lr x its float32 gradient, to float16 precision; without the
     loss scaling the unscaled gradients would move it 2**15 times less."""
     images, masks = one_stone(32)
