@@ -91,8 +91,8 @@ def cpu_info(cpuinfo: Path = CPUINFO) -> tuple[str, frozenset[str]]:
 
 
 def detect_hardware(tpu: bool = False) -> Hardware:
-    """This machine's Hardware, as TensorFlow sees it (`tpu`: a TPU strategy is in use, whose devices
-    appear only once it has connected)."""
+    """This machine's Hardware, as TensorFlow sees it (`tpu`: a TPU strategy is asked for, whose devices
+    may appear only once it has connected)."""
     import tensorflow as tf
 
     capabilities = []
@@ -102,7 +102,9 @@ def detect_hardware(tpu: bool = False) -> Hardware:
             capabilities.append(tuple(capability))
         else:  # none reported (not a CUDA GPU): count it as an old one, where float16 is the safe choice
             capabilities.append((0, 0))
-    return Hardware(cpu_info()[1], tuple(capabilities), tpu or bool(tf.config.list_logical_devices("TPU")))
+    # Physical devices only: listing logical ones starts TensorFlow's runtime, after which a multi-worker
+    # strategy can no longer configure its collective ops.
+    return Hardware(cpu_info()[1], tuple(capabilities), tpu or bool(tf.config.list_physical_devices("TPU")))
 
 
 @contextlib.contextmanager
