@@ -200,3 +200,8 @@ def test_mixed_precision_is_gone_with_a_pointer_to_precision(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--mixed-precision"])
     assert "--mixed-precision is gone: use --precision float16" in capsys.readouterr().err
+
+
+def test_train_defaults_to_auto():
+    """auto became the default once bfloat16 trained within float32's seed-to-seed noise (README)."""
+    assert train.parse_args([]).precision == "auto"
