@@ -33,6 +33,7 @@ from stoneseg.choices import OUTPUT_STRIDE
 from stoneseg.cli import InputError
 from stoneseg.files import partial_path, recover, staged_folder
 from stoneseg.inference import check_model_file, load_model, model_input_size
+from stoneseg.precision import Precision
 
 PROG = "export"
 FORMATS = ("saved_model", "litert", "onnx")
@@ -376,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     cli.import_tensorflow()
     from stoneseg.model import model_scale
 
-    model = load_model(args.model)
+    # float32 whatever the model was trained in (train --precision auto saves bfloat16 layers on bfloat16
+    # hardware): exports are float32 graphs, as every runtime and the verification expect.
+    model = load_model(args.model, Precision("float32", "exports are float32"))
     scale = model_scale(model)
     input_size = export_input_size(model, args.model, args.input_size, args.format)
     try:
