@@ -3,26 +3,11 @@ that decide how fast bfloat16 and matrix work can be (avx512_bf16, AMX), the cor
 use and the load on them. Figures from two machines are only comparable with this line beside them."""
 
 import os
-from pathlib import Path
 
 from stoneseg import cli
+from stoneseg.precision import cpu_info
 
 FLAGS_THAT_MATTER = ("avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-
-
-def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
-    """The CPU's model name and its flags, from the first processor entry of /proc/cpuinfo
-    ("unknown" and no flags where there is no such file)."""
-    model, flags = "unknown", set()
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name" and model == "unknown":
-                model = value.strip()
-            elif key == "flags" and not flags:
-                flags = set(value.split())
-    return model, flags
 
 
 def describe() -> str:
