@@ -44,7 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from bench.machine import describe  # noqa: E402
-from stoneseg import inference, io, predict, stones  # noqa: E402
+from stoneseg import inference, io, outputs, predict, stones  # noqa: E402
 from stoneseg.precision import Precision  # noqa: E402
 from stoneseg.model import build_unet  # noqa: E402
 from tools.make_sample import write_sample  # noqa: E402
@@ -195,6 +195,7 @@ def time_squash_stages(photos: list[Path], batch_size: int, repeats: int) -> Non
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         options = predict.parse_args(["model.keras", *map(str, photos), "--out", str(scratch)])
+        settings = outputs.OutputSettings.from_args(options)
         decoded, decode_times = [], []
         for photo in photos:
             decode_times.append(seconds(lambda: decoded.append(io.read_photo(photo, SIZE))))
@@ -221,9 +222,9 @@ def time_squash_stages(photos: list[Path], batch_size: int, repeats: int) -> Non
             labels, boxes = timed("split", lambda: stones.split_stones(
                 mask, options.min_distance * min(mask.shape), return_boxes=True))
             table = timed("measure", lambda: stones.measure_stones(labels, None, boxes))
-            timed("write", lambda: predict.write_photo(photo, mask, labels, table, options))
+            timed("write", lambda: outputs.write_photo(photo, mask, labels, table, settings))
             timed("overlay", lambda: io.encode_jpeg(stones.draw_stones(io.read_photo_full(photo), labels),
-                                                    predict.OVERLAY_QUALITY))
+                                                    outputs.OVERLAY_QUALITY))
 
         model_path = scratch / "unet.keras"
         model.save(model_path)

@@ -221,7 +221,7 @@ def speed(sample: Path, repeats: int, full_size: bool) -> None:
         photo = io.read_photo_full(path)
         probability = cv2.resize(truth.astype(np.float32), (256, 256), interpolation=cv2.INTER_AREA)
         for _ in range(repeats):
-            def mask_stage():  # what stays of stoneseg.predict.finish_photo (less the file write)
+            def mask_stage():  # what stays of stoneseg.outputs.finish_photo (less the file write)
                 full = cv2.resize(probability, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
                 mask = cv2.compare(full, 0.5, cv2.CMP_GE)
                 io.encode_png(mask)

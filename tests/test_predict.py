@@ -13,7 +13,7 @@ import pytest
 from jpeg_exif import with_exif_orientation
 from tiny_models import brightness_model
 
-from stoneseg import inference, predict, stones
+from stoneseg import inference, outputs, predict, stones
 from stoneseg.model import build_unet
 from stoneseg.io import MASK_THRESHOLD
 
@@ -257,8 +257,8 @@ def test_writing_a_tall_mask_of_40_stones(tmp_path):
     mask = np.zeros((2000, 300), np.uint8)
     for index in range(40):
         cv2.circle(mask, (150, 25 + 50 * index), 20, 255, -1)
-    args = predict.parse_args(["m.keras", "tall.png", "--out", str(tmp_path)])
-    row, table = predict.write_outputs(tmp_path / "tall.png", mask, args)
+    settings = outputs.OutputSettings.from_args(predict.parse_args(["m.keras", "tall.png", "--out", str(tmp_path)]))
+    row, table = outputs.write_outputs(tmp_path / "tall.png", mask, settings)
     assert (row.stone_count, row.edge_stones, row.width, row.height) == (40, 0, 300, 2000)
     assert len(table) == 40 and np.allclose(table.columns["diameter_px"], 41, atol=1)
     assert (read_mask(tmp_path / "tall_mask.png") == mask).all()
