@@ -2,7 +2,7 @@
 
     python -m bench.split_stones [--data ../shared/data/stones20] [--sample data/sample] [--repeats 3]
 
-(1) Quality, on stones20's 17 photos outside the README's test split (Image06, Image09, Image12 are
+(1) Quality, on stones20's 17 photos outside the test split of docs/stones20.md (Image06, Image09, Image12 are
     never read). The true stones are each mask's 8-connected regions. Each mask is merged the way a
     model that is perfect at its own resolution would merge it, then split with
     stoneseg.stones.split_stones at several settings, and scored against the true stones
@@ -37,7 +37,7 @@ from stoneseg import cli, io, stones
 
 REPO = Path(__file__).resolve().parents[1]
 STONES20 = REPO.parent / "shared" / "data" / "stones20"
-# The README's split of stones20 (build_records, seed 42): these three photos are the test split.
+# The split of stones20 in docs/stones20.md (build_records, seed 42): these three photos are the test split.
 TEST_PHOTOS = ("Image06", "Image09", "Image12")
 FRACTIONS = (0.005, 0.01, 0.015, 0.02, 0.03, 0.04)
 PIXELS = (5, 8, 12, 16, 24)

@@ -35,7 +35,7 @@ from skimage.segmentation import watershed
 # resolution. 219 of stones20's 6,235 true stones (3.5 %) are smaller; they still count as true stones.
 MIN_STONE_FRACTION = 1e-4
 # The split's three settings, measured by bench/split_stones.py on stones20's 17 photos outside the test
-# split, with the true masks merged the way models at three resolutions merge touching stones (README,
+# split, with the true masks merged the way models at three resolutions merge touching stones (docs/stones.md,
 # "Measuring stones"). Seeds of the watershed are at least MIN_DISTANCE_FRACTION of the photo's shorter
 # side apart (5 px of a 512 px photo, 35 px of a 3456 x 4806 one) ...
 MIN_DISTANCE_FRACTION = 0.01
@@ -586,7 +586,7 @@ def border_weights(mask: np.ndarray, w0: float = 10.0, sigma: float = 5.0, balan
     equal total weight (1 everywhere when one class is absent); without it, 1. Distances are computed
     within 4 sigma of each stone: beyond that the term is below w0 * exp(-8), 0.0034 for w0 = 10.
 
-    Tried as a weight on the training loss (README, "Measuring stones"): the network kept the gaps, but the
+    Tried as a weight on the training loss (docs/stones.md): the network kept the gaps, but the
     instance F1 did not improve, so no training option uses it.
     """
     stones = true_stones(mask)

@@ -56,7 +56,7 @@ def parse_args(argv=None):
         "--recipe",
         choices=sorted(recipes.RECIPES),
         default=recipes.DEFAULT_RECIPE,
-        help="named training settings (README: Recipes); each flag below that says 'recipe's' overrides one",
+        help="named training settings (docs/training.md: Recipes); each flag below that says 'recipe's' overrides one",
     )
     recipe = parser.add_argument_group("recipe settings (default: the --recipe's value)",
                                        argument_default=argparse.SUPPRESS)
@@ -104,7 +104,8 @@ def parse_args(argv=None):
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default="float32",  # bfloat16 scored below float32 beyond float32's seed-to-seed spread on stones20 (README)
+        # bfloat16 scored below float32 beyond float32's seed-to-seed spread on stones20 (docs/training.md)
+        default="float32",
         help=precision.HELP + "; the variables, augmentation, loss and metrics stay float32, and float16 scales the loss",
     )
     parser.add_argument("--mixed-precision", action="store_true", help=argparse.SUPPRESS)  # removed: see below

@@ -95,8 +95,8 @@ def test_split_is_by_source_disjoint_complete_and_deterministic():
     assert build_records.split_sources(names, 0.2, 0.1, seed=7)["val"] != splits["val"]
 
 
-def test_the_stones20_split_quoted_in_the_readme(stones20):
-    """README: the quick start's command (only --test-fraction 0.15 given: val 0.2 and seed 42 by default)
+def test_the_stones20_split_quoted_in_the_docs(stones20):
+    """docs/stones20.md: its build_records command (only --test-fraction 0.15 given: val 0.2 and seed 42 by default)
     makes 13 train, val Image01, 02, 16, 18, test Image06, 09, 12."""
     names = [pair.photo for pair in find_pairs(stones20).pairs]
     args = build_records.parse_args(["--data", str(stones20), "--out", "data/stones20-records", "--test-fraction",

@@ -46,7 +46,7 @@ def test_dynamic_size_model_runs_on_any_multiple_of_32():
 
 def test_parameter_count_is_segmentation_models_minus_the_two_deviations(unet256):
     count = unet256.count_params()
-    assert count == RESNET18_UNET_PARAMS  # the figure the README quotes
+    assert count == RESNET18_UNET_PARAMS  # the figure docs/model.md quotes
     assert count == SM_RESNET18_UNET_PARAMS - FEWER_THAN_SM
     layer_names = {layer.name for layer in unet256.layers}
     assert "bn_data" not in layer_names and unet256.get_layer("normalize").count_params() == 0

@@ -202,7 +202,7 @@ def test_mixed_precision_is_gone_with_a_pointer_to_precision(capsys):
 
 
 def test_train_defaults_to_float32_and_predict_to_auto():
-    """train stays float32 (bfloat16 trained worse than float32's seed noise on stones20, README); predict
+    """train stays float32 (bfloat16 trained worse than float32's seed noise on stones20, docs/training.md); predict
     and evaluate run auto (their masks agree with float32's on 99.8 % of stones20's pixels)."""
     assert train.parse_args([]).precision == "float32"
     assert predict.parse_args(["m.keras", "p.jpg", "--out", "o"]).precision == "auto"

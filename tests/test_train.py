@@ -92,7 +92,7 @@ def test_tensorboard_has_the_scalars_and_the_validation_images(mirrored_run):
     epochs = len(EARLY_STOP_EPOCHS)
     for scalar in ("epoch_loss", "epoch_iou", "epoch_dice"):
         assert len(tags["train"][scalar]) == epochs and len(tags["validation"][scalar]) == epochs
-    assert set(tags["train"]) == {"epoch_loss", "epoch_iou", "epoch_dice", "epoch_learning_rate"}  # as the README lists
+    assert set(tags["train"]) == {"epoch_loss", "epoch_iou", "epoch_dice", "epoch_learning_rate"}  # docs/training.md
     assert set(tags["validation"]) == {"epoch_loss", "epoch_iou", "epoch_dice", "evaluation_loss_vs_iterations",
                                        "evaluation_iou_vs_iterations", "evaluation_dice_vs_iterations"}
     images = tags["images"]["validation/photo_truth_prediction"]

@@ -41,7 +41,7 @@ DEFAULT_DATA = REPO / "data" / "sample"
 DEFAULT_OUT = REPO / "records"
 # The default mode: photos resized by half, aspect kept. On stones20 a 0.5 round trip of the true masks keeps
 # 5,740 of 6,235 stones (squash 256: 1,635), and a model trained on 0.5 records with 256 crops matched the
-# squash-256 model's pixel IoU on the test photos while recovering far more stones (README).
+# squash-256 model's pixel IoU on the test photos while recovering far more stones (docs/stones20.md).
 DEFAULT_SCALE = 0.5
 SHARD_FILE = re.compile(r".+\.tfrecord(\.gz)?")
 STAGING_LABEL = "records"  # staging folders in --out: .records.staging-*
