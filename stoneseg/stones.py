@@ -11,8 +11,9 @@ files and command lines live in `stoneseg.predict` and `stoneseg.evaluate`, whic
   with thin background gaps, so each region is one stone).
 - `measure_stones`: labels → `StoneTable`, one row per stone (centroid, area, equivalent-circle
   diameter, ellipse axes, touches_edge; in pixels, and in millimetres given mm per pixel).
-- `size_distribution`: tables → cumulative percent passing and D10/D50/D80, by area or by count;
-  `size_curve_png` draws it.
+- `size_distribution`: tables → cumulative percent passing, by area or by count; `size_values`: its
+  D values (D10/D50/D80 or any percents) with bootstrap confidence intervals; `size_curve_png` draws
+  the curve, the D values and the intervals' band.
 - `compare_instances` / `instance_scores`: predicted vs true instances, matched one-to-one at
   IoU >= 0.5, per photo or pooled over photos.
 - `encode_instances_png` / `decode_instances_png` (16-bit labels, 0 = background), `draw_stones`
@@ -49,6 +50,21 @@ WORK_PIXELS = 500_000
 # Size distributions weigh each stone by its area unless asked otherwise (see `size_distribution`).
 DEFAULT_WEIGHTING = "area"
 WEIGHTINGS = ("area", "count")
+UNITS = ("mm", "px")
+# The D values reported unless asked otherwise (sieve practice; P80 in mineral processing). River surveys
+# ask for 16, 50, 84 and 96.
+DEFAULT_PERCENTS = (10.0, 50.0, 80.0)
+# Each D value's confidence interval: a percentile bootstrap over the stones (see `size_values`). 1,000
+# resamples: the count Efron & Tibshirani (An Introduction to the Bootstrap, 1993) advise for percentile
+# intervals, whose ends are tail quantiles and need many more resamples than a standard error's 200.
+DEFAULT_LEVEL = 0.95
+DEFAULT_RESAMPLES = 1000
+DEFAULT_SEED = 0
+BOOTSTRAP_CELLS = 4_000_000  # resamples x stones at a time: a few 32 MB arrays
+MAX_BLOCK_RESAMPLES = 10_000
+ROW_SHIFT = 128.0  # > 100 percent: resamples laid end to end stay ascending (a power of two: exact sums)
+CURVE_BAND_PERCENTS = tuple(float(percent) for percent in range(1, 100))
+D_COLOURS = ("#2a9d4b", "#d1495b", "#e39b17", "#7b4fa0", "#17a2b8", "#8c564b")
 MATCH_IOU = 0.5
 MAX_LABEL_16BIT = 65535
 
@@ -57,6 +73,7 @@ _MATPLOTLIB = threading.Lock()
 PIXEL_COLUMNS = ("id", "centroid_x", "centroid_y", "area_px", "diameter_px", "major_axis_px", "minor_axis_px",
                  "touches_edge")
 MM_COLUMNS = ("area_mm2", "diameter_mm", "major_axis_mm", "minor_axis_mm")
+WHOLE_COLUMNS = ("id", "area_px", "touches_edge")
 
 
 # ----------------------------------------------------------------------------- instances
@@ -302,9 +319,16 @@ class StoneTable:
             lines.append(",".join(_csv_value(name, value) for name, value in zip(names, row)))
         return ("\n".join(lines) + "\n").encode()
 
+    def records(self) -> list[dict]:
+        """The rows as {column: value}, with the values `csv` writes (whole columns as int, the others as the
+        float of their CSV text), for formats that carry each stone's row (stoneseg.geojson)."""
+        names = list(self.columns)
+        return [{name: int(value) if name in WHOLE_COLUMNS else float(_csv_value(name, value))
+                 for name, value in zip(names, row)} for row in zip(*(self.columns[name] for name in names))]
+
 
 def _csv_value(name: str, value) -> str:
-    if name in ("id", "area_px", "touches_edge"):
+    if name in WHOLE_COLUMNS:
         return str(int(value))
     return f"{value:.6g}" if name.endswith("_mm") or name.endswith("_mm2") else f"{value:.2f}"
 
@@ -354,11 +378,13 @@ def measure_stones(labels: np.ndarray, mm_per_pixel: float | None = None, boxes:
 @dataclass(frozen=True)
 class Distribution:
     """A cumulative size distribution: `passing[i]` percent of the material (by area or by count) is no
-    larger than `sizes[i]` (ascending). Empty when no stone was measured; then the D values are None."""
+    larger than `sizes[i]` (ascending); `weights[i]` is that stone's weight (its area in `unit`, or 1).
+    Empty when no stone was measured; then the D values are None."""
     sizes: np.ndarray
     passing: np.ndarray
     by: str
     unit: str
+    weights: np.ndarray
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -402,7 +428,7 @@ def size_distribution(tables: StoneTable | Sequence[StoneTable], by: str = DEFAU
         raise ValueError(f"by must be one of {', '.join(WEIGHTINGS)}, got {by!r}")
     has_mm = bool(tables) and all(table.mm_per_pixel is not None for table in tables)
     unit = ("mm" if has_mm else "px") if unit is None else unit
-    if unit not in ("mm", "px") or (unit == "mm" and not has_mm):
+    if unit not in UNITS or (unit == "mm" and not has_mm):
         raise ValueError(f"unit must be 'px', or 'mm' when every table has millimetres; got {unit!r}")
     size_column, area_column = ("diameter_mm", "area_mm2") if unit == "mm" else ("diameter_px", "area_px")
     sizes, weights = [], []
@@ -415,20 +441,179 @@ def size_distribution(tables: StoneTable | Sequence[StoneTable], by: str = DEFAU
     order = np.argsort(sizes, kind="stable")
     sizes, weights = sizes[order], weights[order]
     passing = 100 * np.cumsum(weights) / weights.sum() if len(weights) else np.zeros(0)
-    return Distribution(sizes.astype(np.float64), passing, by, unit)
+    return Distribution(sizes.astype(np.float64), passing, by, unit, weights)
 
 
-def size_curve_png(distribution: Distribution, title: str = "") -> bytes | None:
-    """A PNG of the percent-passing curve on a log size axis with D10, D50 and D80 marked; None when the
-    distribution is empty (no stone to draw). Safe to call from several threads: matplotlib is not
-    thread-safe (its font objects are shared), so drawings take turns."""
+# ----------------------------------------------------------------------------- D values and their intervals
+def parse_percents(text: str) -> tuple[float, ...]:
+    """The D values asked for, e.g. "16,50,84,96" -> (16.0, 50.0, 84.0, 96.0), ascending. ValueError (its
+    message for a command line) for a value that is not a number strictly between 0 and 100, or repeated.
+    D0 and D100 are left out: they are the smallest and the largest single stone, which a resample of the
+    stones can only keep or lose, so the bootstrap cannot bound them."""
+    percents = []
+    for part in text.split(","):
+        try:
+            percent = float(part)
+        except ValueError:
+            raise ValueError(f"{part.strip()!r} is not a number (expected e.g. 16,50,84,96)") from None
+        if not 0 < percent < 100:
+            raise ValueError(f"{part.strip()} is not strictly between 0 and 100")
+        if percent in percents:
+            raise ValueError(f"{percent:g} is given twice")
+        percents.append(percent)
+    return tuple(sorted(percents))
+
+
+def d_column(percent: float, unit: str, bound: str | None = None) -> str:
+    """The name of a D value's column, with its unit: d50_mm, d16_px, and its interval's d50_mm_low,
+    d50_mm_high (bound "low" or "high")."""
+    return f"d{percent:g}_{unit}" + (f"_{bound}" if bound else "")
+
+
+@dataclass(frozen=True)
+class SizeValues:
+    """D values of a distribution: `sizes[i]` is D`percents[i]` (NaN when the distribution is empty), in
+    `unit`; `low[i]`..`high[i]` its bootstrap confidence interval at `level` (None when not computed)."""
+    percents: np.ndarray
+    sizes: np.ndarray
+    unit: str
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+    level: float | None = None
+    resamples: int = 0
+
+    def scaled(self, factor: float, unit: str) -> "SizeValues":
+        """The same values times `factor`, in `unit` (one photo's px values to mm: every stone scales alike,
+        so its D values and every resample's do too)."""
+        scale = (lambda values: None if values is None else values * factor)
+        return SizeValues(self.percents, self.sizes * factor, unit, scale(self.low), scale(self.high), self.level,
+                          self.resamples)
+
+    def at(self, percents: Sequence[float]) -> "SizeValues":
+        """The values at `percents` (each one of `self.percents`)."""
+        index = np.array([np.flatnonzero(self.percents == percent)[0] for percent in percents], np.int64)
+        pick = (lambda values: None if values is None else values[index])
+        return SizeValues(self.percents[index], self.sizes[index], self.unit, pick(self.low), pick(self.high),
+                          self.level, self.resamples)
+
+    def columns(self) -> dict[str, float | None]:
+        """{d_column: value} for each D value and, with an interval, its low and high ends; None for NaN."""
+        named = {}
+        for index, percent in enumerate(self.percents):
+            named[d_column(percent, self.unit)] = _number(self.sizes[index])
+            if self.low is not None:
+                named[d_column(percent, self.unit, "low")] = _number(self.low[index])
+                named[d_column(percent, self.unit, "high")] = _number(self.high[index])
+        return named
+
+
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
+def size_values(distribution: Distribution, percents: Sequence[float], level: float = DEFAULT_LEVEL,
+                resamples: int = DEFAULT_RESAMPLES, seed=DEFAULT_SEED) -> SizeValues:
+    """The D values of `distribution` at `percents`, each with a bootstrap percentile confidence interval at
+    `level` (0 < level < 1) from `resamples` resamples of its stones (0: no interval), drawn with
+    numpy.random.default_rng(`seed`), so the same seed gives the same interval.
+
+    Each resample draws as many stones as the distribution has, with replacement, each keeping its size
+    and weight (its area by area weighting), and reads the D values off its own curve exactly as
+    `Distribution.size_passing` reads them; the interval's ends are the (1 - level) / 2 and (1 + level) / 2
+    quantiles of the resampled values. The percentile interval, not BCa: BCa's acceleration comes from a
+    jackknife, which is inconsistent for quantiles (a sample quantile is not smooth in the data), and a
+    quantile's percentile interval needs no transformation to be right, being invariant under any
+    monotone one (log or linear sizes alike). What it covers: the sampling of stones from the material
+    seen, not a model's segmentation errors, nor how representative the photos are.
+    """
+    percents = np.asarray(percents, np.float64)
+    if not 0 < level < 1:
+        raise ValueError(f"level must be strictly between 0 and 1, got {level}")
+    if resamples < 0:
+        raise ValueError(f"resamples must be at least 0, got {resamples}")
+    empty = np.full(len(percents), np.nan)
+    if not len(distribution):
+        nothing = (empty, empty.copy(), level) if resamples else (None, None, None)
+        return SizeValues(percents, empty, distribution.unit, *nothing, resamples)
+    sizes = np.exp(np.interp(percents, distribution.passing, np.log(distribution.sizes)))
+    if not resamples:
+        return SizeValues(percents, sizes, distribution.unit)
+    resampled = bootstrap_sizes(distribution, percents, resamples, seed)
+    low, high = np.quantile(resampled, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return SizeValues(percents, sizes, distribution.unit, low, high, level, resamples)
+
+
+def bootstrap_sizes(distribution: Distribution, percents: Sequence[float], resamples: int, seed=DEFAULT_SEED,
+                    ) -> np.ndarray:
+    """(resamples, len(percents)): the D values of `resamples` bootstrap resamples of the distribution's
+    stones (see `size_values`). Vectorised: a block of resamples at a time is a matrix of how often each
+    stone was drawn (BOOTSTRAP_CELLS entries at most), whose weighted cumulative sums are every resample's
+    curve; 1,000 resamples of 20,000 stones take about a second."""
+    count = len(distribution)
+    if not count:
+        raise ValueError("an empty distribution has no stones to resample")
+    rng = np.random.default_rng(seed)
+    percents = np.asarray(percents, np.float64)
+    log_sizes = np.log(distribution.sizes)
+    resampled = np.empty((resamples, len(percents)))
+    block = max(1, min(BOOTSTRAP_CELLS // count, MAX_BLOCK_RESAMPLES))
+    for start in range(0, resamples, block):
+        rows = min(block, resamples - start)
+        draws = rng.integers(0, count, size=(rows, count)) + (np.arange(rows) * count)[:, None]
+        drawn = np.bincount(draws.ravel(), minlength=rows * count).reshape(rows, count)
+        resampled[start:start + rows] = _resampled_log_sizes(log_sizes, distribution.weights, drawn, percents)
+    return np.exp(resampled)
+
+
+def _resampled_log_sizes(log_sizes: np.ndarray, weights: np.ndarray, drawn: np.ndarray,
+                         percents: np.ndarray) -> np.ndarray:
+    """(rows, percents): the log D values of resamples that drew stone j drawn[r, j] times (rows of counts
+    over the distribution's stones, ascending in size), read off each resample's curve as
+    Distribution.size_passing reads the curve of those stones: a point per stone drawn (k points at one size
+    for a stone drawn k times), straight on log size between points; at or below the first, its size."""
+    rows, count = drawn.shape
+    passing = np.cumsum(drawn * weights, axis=1)
+    total = passing[:, -1:]
+    passing = passing / total * 100  # the last entry exactly 100
+    # Each row's first stone with passing >= percent, by one search over the rows laid end to end: row r
+    # shifted up by ROW_SHIFT * r stays ascending (passing is at most 100), and so do the percents.
+    shift = (np.arange(rows) * ROW_SHIFT)[:, None]
+    found = np.searchsorted((passing + shift).ravel(), (percents[None, :] + shift).ravel())
+    upper = np.minimum(found.reshape(rows, -1) - (np.arange(rows) * count)[:, None], count - 1)
+    # The stone before it that the resample holds (stones drawn 0 times are not points of its curve).
+    held = np.maximum.accumulate(np.where(drawn > 0, np.arange(count), -1), axis=1)
+    row_index = np.arange(rows)[:, None]
+    lower = np.where(upper > 0, held[row_index, np.maximum(upper - 1, 0)], -1)
+    # A stone drawn k times is k points of the curve at its size: the curve reaches that size at its first copy.
+    copies = drawn[row_index, upper]
+    upper_passing = passing[row_index, upper] - (copies - 1) * weights[upper] / total * 100
+    lower_passing = np.where(lower >= 0, passing[row_index, np.maximum(lower, 0)], 0.0)
+    span = upper_passing - lower_passing
+    along = np.clip((percents[None, :] - lower_passing) / np.where(span > 0, span, 1), 0, 1)
+    lower_size = np.where(lower >= 0, log_sizes[np.maximum(lower, 0)], log_sizes[upper])
+    return np.where(lower >= 0, lower_size + along * (log_sizes[upper] - lower_size), log_sizes[upper])
+
+
+def curve_percents(percents: Sequence[float]) -> tuple[float, ...]:
+    """Where a size curve's band is computed: every whole percent from 1 to 99 and the D values asked for,
+    so the band at a D value's percent is exactly that D value's interval."""
+    return tuple(sorted(set(CURVE_BAND_PERCENTS) | {float(percent) for percent in percents}))
+
+
+def size_curve_png(distribution: Distribution, title: str = "", percents: Sequence[float] = DEFAULT_PERCENTS,
+                   band: SizeValues | None = None) -> bytes | None:
+    """A PNG of the percent-passing curve on a log size axis with the D values at `percents` marked and, given
+    `band` (size_values over `curve_percents(percents)`, with intervals), its confidence band shaded: at each
+    percent, the interval of the size that percent of the material is finer than, so the band's width at
+    D50's height is D50's interval. None when the distribution is empty (no stone to draw). Safe to call from
+    several threads: matplotlib is not thread-safe (its font objects are shared), so drawings take turns."""
     if not len(distribution):
         return None
     with _MATPLOTLIB:
-        return _draw_curve(distribution, title)
+        return _draw_curve(distribution, title, percents, band)
 
 
-def _draw_curve(distribution: Distribution, title: str) -> bytes:
+def _draw_curve(distribution: Distribution, title: str, percents: Sequence[float], band: SizeValues | None) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported here: only this function draws
     from matplotlib.figure import Figure
     from matplotlib.ticker import LogFormatter
@@ -437,6 +622,10 @@ def _draw_curve(distribution: Distribution, title: str) -> bytes:
     FigureCanvasAgg(figure)
     figure.subplots_adjust(left=0.09, right=0.97, bottom=0.12, top=0.92)  # fixed: tight_layout costs ~5x the plot
     axes = figure.add_subplot()
+    shaded = band is not None and band.low is not None
+    if shaded:
+        axes.fill_betweenx(band.percents, band.low, band.high, color="#1f5fa8", alpha=0.18, linewidth=0,
+                           label=f"{band.level:.0%} confidence band (bootstrap, {band.resamples} resamples)")
     axes.plot(distribution.sizes, distribution.passing, color="#1f5fa8", linewidth=1.8,
               marker="." if len(distribution) < 50 else None)
     axes.set_xscale("log")
@@ -444,15 +633,19 @@ def _draw_curve(distribution: Distribution, title: str) -> bytes:
         set_formatter(LogFormatter(labelOnlyBase=False))  # 20, 30, 100 rather than 2 x 10^1 ...: sizes read off
     axes.set_ylim(0, 100)
     axes.grid(True, which="both", color="#dddddd", linewidth=0.6)
-    for percent, colour in ((10, "#2a9d4b"), (50, "#d1495b"), (80, "#e39b17")):
+    for index, percent in enumerate(percents):
+        colour = D_COLOURS[index % len(D_COLOURS)]
         size = distribution.size_passing(percent)
+        label = f"D{percent:g} = {size:.3g} {distribution.unit}"
+        if shaded and np.any(band.percents == percent):
+            ends = band.at([percent])
+            label += f" ({ends.low[0]:.3g}-{ends.high[0]:.3g})"
         axes.axhline(percent, color=colour, linewidth=0.8, linestyle=":")
-        axes.axvline(size, color=colour, linewidth=1.0, linestyle="--",
-                     label=f"D{percent} = {size:.3g} {distribution.unit}")
+        axes.axvline(size, color=colour, linewidth=1.0, linestyle="--", label=label)
     axes.set_xlabel(f"equivalent-circle diameter ({distribution.unit}, log scale)")
     axes.set_ylabel(f"percent passing (by {distribution.by})")
     axes.set_title(f"{title}{' - ' if title else ''}{len(distribution)} stones", fontsize=10)
-    axes.legend(loc="lower right")
+    axes.legend(loc="upper left", fontsize=8 if len(percents) > 3 or shaded else None)  # above the curve: empty
     buffer = bytes_io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()

@@ -266,6 +266,131 @@ def test_size_curve_is_a_png():
     assert image is not None and image.shape[0] > 200 and image.shape[1] > 300
 
 
+def sample_table(diameters) -> stones.StoneTable:
+    """A table of stones of the given equivalent-circle diameters (px), none on the edge."""
+    diameters = np.asarray(diameters, np.float64)
+    return stones.StoneTable({"id": np.arange(1, len(diameters) + 1), "diameter_px": diameters,
+                              "area_px": np.pi * diameters**2 / 4, "touches_edge": np.zeros(len(diameters), np.int64)})
+
+
+# Diameters log-normal with median exp(MU) by count: by area (d^2) the distribution is log-normal too, its median
+# exp(MU + 2 SIGMA^2) (the area-weighted density is the count density times d^2, which shifts the log-mean by
+# 2 SIGMA^2): the D50 of the material the samples are drawn from.
+MU, SIGMA = math.log(30.0), 0.5
+TRUE_D50_BY_AREA = math.exp(MU + 2 * SIGMA**2)
+
+
+def lognormal_sample(count, seed):
+    return sample_table(np.random.default_rng(seed).lognormal(MU, SIGMA, count))
+
+
+def even_sample(count):
+    """`count` stones at evenly spaced quantiles of the log-normal: a known sample, its D50 that of the material."""
+    from scipy.stats import norm
+
+    return sample_table(np.exp(MU + SIGMA * norm.ppf((np.arange(count) + 0.5) / count)))
+
+
+def test_each_resample_is_read_as_size_passing_reads_its_stones():
+    """Stones drawn 0 times are not points of a resample's curve (the plateau they leave must not move the
+    interpolation), stones drawn twice weigh twice; D values below the first point are its size."""
+    rng = np.random.default_rng(3)
+    found = stones.size_distribution(sample_table(rng.lognormal(3, 0.6, 40)))
+    percents = np.array([0.5, 10, 16, 50, 84, 96, 99.9])
+    drawn = rng.integers(0, 3, size=(20, 40))
+    drawn[:, 0] = 0  # the smallest stone never drawn: the resample's D0.5 is a larger stone
+    got = stones._resampled_log_sizes(np.log(found.sizes), found.weights, drawn, percents)
+    for row, counts in zip(got, drawn):
+        again = sample_table(np.repeat(found.sizes, counts))
+        expected = [stones.size_distribution(again).size_passing(percent) for percent in percents]
+        assert np.exp(row) == pytest.approx(expected, rel=1e-9)
+
+
+def test_bootstrap_interval_covers_the_d50_and_narrows_with_more_stones():
+    few = stones.size_values(stones.size_distribution(even_sample(150)), [50])
+    many = stones.size_values(stones.size_distribution(even_sample(600)), [50])
+    for values in (few, many):
+        assert values.sizes[0] == pytest.approx(TRUE_D50_BY_AREA, rel=0.02)
+        assert values.low[0] < TRUE_D50_BY_AREA < values.high[0]
+    # 4 x the stones: the interval about half as wide (1 / sqrt(4)).
+    width = lambda values: values.high[0] - values.low[0]  # noqa: E731
+    assert width(many) < 0.7 * width(few)
+    assert few.level == 0.95 and few.resamples == stones.DEFAULT_RESAMPLES
+
+
+def test_bootstrap_intervals_cover_at_about_their_level():
+    """Over 100 samples of 200 stones, the 80 % intervals of the area-weighted D50 hold the true D50 in about
+    80 of them (binomial 95 % range 72..88): intervals too narrow or too wide fail."""
+    covered = 0
+    for seed in range(100):
+        values = stones.size_values(stones.size_distribution(lognormal_sample(200, seed)), [50], level=0.8,
+                                    resamples=400, seed=seed)
+        covered += values.low[0] < TRUE_D50_BY_AREA < values.high[0]
+    assert 70 <= covered <= 90
+
+
+def test_bootstrap_is_seeded():
+    found = stones.size_distribution(lognormal_sample(300, seed=4))
+    first = stones.size_values(found, [16, 50, 84], seed=7)
+    again = stones.size_values(found, [16, 50, 84], seed=7)
+    other = stones.size_values(found, [16, 50, 84], seed=8)
+    assert np.array_equal(first.low, again.low) and np.array_equal(first.high, again.high)
+    assert not np.array_equal(first.low, other.low)
+    assert np.array_equal(first.sizes, other.sizes)  # the D values themselves do not depend on the seed
+    # Blocks of resamples give the same draws as one block.
+    assert np.array_equal(stones.bootstrap_sizes(found, [50], 50, seed=7),
+                          stones.bootstrap_sizes(found, [50], 100, seed=7)[:50])
+
+
+def test_size_values_columns_say_their_unit(monkeypatch):
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:6, 2:6], labels[8:16, 10:18] = 1, 2
+    found = stones.size_distribution(table(labels, mm_per_pixel=0.5))
+    values = stones.size_values(found, [16, 50.5], resamples=200)
+    assert list(values.columns()) == ["d16_mm", "d16_mm_low", "d16_mm_high", "d50.5_mm", "d50.5_mm_low",
+                                      "d50.5_mm_high"]
+    in_pixels = stones.size_values(stones.size_distribution(table(labels), unit="px"), [16, 50.5], resamples=200)
+    scaled = in_pixels.scaled(0.5, "mm")  # one photo: every resample scales with its stones
+    assert list(in_pixels.columns())[0] == "d16_px"
+    assert scaled.columns() == pytest.approx(values.columns())
+    assert list(stones.size_values(found, [50], resamples=0).columns()) == ["d50_mm"]  # no interval asked for
+    empty = stones.size_values(stones.size_distribution(table(np.zeros((5, 5)))), [50])
+    assert empty.columns() == {"d50_px": None, "d50_px_low": None, "d50_px_high": None}
+    assert stones.d_column(84, "px", "high") == "d84_px_high"
+
+
+def test_percents_are_parsed_with_one_clear_error():
+    assert stones.parse_percents("16,50,84,96") == (16, 50, 84, 96)
+    assert stones.parse_percents(" 84, 16 ,50") == (16, 50, 84)
+    assert stones.parse_percents("2.5") == (2.5,)
+    for text, problem in (("16,x", "'x' is not a number"), ("0,50", "not strictly between 0 and 100"),
+                          ("50,100", "not strictly between"), ("50,50", "given twice"), ("", "not a number")):
+        with pytest.raises(ValueError, match=problem):
+            stones.parse_percents(text)
+
+
+def test_size_values_refuse_a_bad_level_or_resample_count():
+    found = stones.size_distribution(lognormal_sample(20, seed=5))
+    with pytest.raises(ValueError, match="level"):
+        stones.size_values(found, [50], level=1.0)
+    with pytest.raises(ValueError, match="resamples"):
+        stones.size_values(found, [50], resamples=-1)
+
+
+def test_size_curve_shades_the_confidence_band():
+    found = stones.size_distribution(lognormal_sample(200, seed=6))
+    percents = (16, 50, 84, 96)
+    band = stones.size_values(found, stones.curve_percents(percents))
+    # The same resamples whatever the percents: the band's width at 50 % is D50's own interval.
+    assert band.at([16, 50]).columns() == stones.size_values(found, [16, 50]).columns()
+    plain = cv2.imdecode(np.frombuffer(stones.size_curve_png(found, "plain", percents), np.uint8), cv2.IMREAD_COLOR)
+    shaded = cv2.imdecode(np.frombuffer(stones.size_curve_png(found, "shaded", percents, band), np.uint8),
+                          cv2.IMREAD_COLOR)
+    # The band: the curve's blue (#1f5fa8) at alpha 0.18 over white, about (218, 226, 238) in RGB.
+    tint = lambda image: int(np.count_nonzero(np.all(np.abs(image.astype(int) - (238, 226, 218)) <= 6, axis=2)))  # noqa: E731
+    assert tint(shaded) > 20 * max(tint(plain), 100)  # the plain curve's antialiased edges have a few
+
+
 # ----------------------------------------------------------------------------- instance scores
 def test_matching_counts_by_hand():
     truth = np.zeros((20, 40), np.int32)
