@@ -6,7 +6,8 @@ builder decoded the training photos; a model trained at a scale F takes each pho
 or in overlapping tiles. `--scale` overrides the model's scale, `--tile` forces tiles. The probability
 map is upsampled bilinearly to the photo's original, EXIF-oriented size and then thresholded; the mask
 is split into stones and measured there (stoneseg.stones). What is written per photo (`NAME_mask.png`,
-`NAME_instances.png`, `NAME_stones.csv`, `NAME_sizes.png`, with --overlay `NAME_overlay.jpg`) and for the
+`NAME_instances.png`, `NAME_stones.csv`, `NAME_stones.geojson`, `NAME_sizes.png`, with --overlay
+`NAME_overlay.jpg`) and for the
 run (`predictions.csv`, `predictions_sizes.csv`, `predictions_sizes.png`) is stoneseg.outputs', which
 stoneseg.predict_beam shares.
 
@@ -163,6 +164,14 @@ class Run:
 
 
 # ----------------------------------------------------------------------------- the command line
+def percents_option(text: str) -> tuple[float, ...]:
+    """--percentiles: stones.parse_percents, its error as argparse's."""
+    try:
+        return stones.parse_percents(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m stoneseg.predict",
@@ -171,23 +180,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "stone labels, 0 = background), NAME_stones.csv (id, centroid_x, centroid_y, area_px, "
                     "diameter_px (equivalent circle), major_axis_px, minor_axis_px (ellipse fit), touches_edge; "
                     "with --mm-per-pixel also area_mm2, diameter_mm, major_axis_mm, minor_axis_mm), "
-                    "NAME_sizes.png (percent passing against diameter, log axis, D10/D50/D80 marked; not written "
-                    "when no stone counts) and with --overlay NAME_overlay.jpg. For the run: predictions.csv "
-                    "(file, width, height, stone_fraction, stone_count, edge_stones, size_unit, d10, d50, d80) "
-                    "and the distribution pooled over all its photos, predictions_sizes.csv (D10, D20 ... D90) "
-                    "and predictions_sizes.png.",
+                    "NAME_stones.geojson (each stone's polygon along its pixel edges, in pixel coordinates x = "
+                    "column, y = -row, with its row of NAME_stones.csv as properties), NAME_sizes.png (percent "
+                    "passing against diameter, log axis, the --percentiles D values marked, their confidence band "
+                    "shaded; not written when no stone counts) and with --overlay NAME_overlay.jpg. For the run: "
+                    "predictions.csv (file, width, height, stone_fraction, stone_count, edge_stones, size_unit, "
+                    "then for each percent P of --percentiles dP_UNIT, dP_UNIT_low, dP_UNIT_high, UNIT being mm "
+                    "or px: d10_mm, d10_mm_low, d10_mm_high, d50_mm ...) and the distribution pooled over all its "
+                    "photos, predictions_sizes.csv (percent_passing 10, 20 ... 90 and the --percentiles; "
+                    "diameter_px, diameter_px_low, diameter_px_high, and diameter_mm ... with --mm-per-pixel) and "
+                    "predictions_sizes.png.",
         epilog="INPUT: photos, or folders whose .jpg/.jpeg/.png files (any case) are predicted, except names "
                "ending in _label, _mask, _overlay, _instances or _sizes. A photo that cannot be read gets one "
                "error line and the others go on; the exit status is then 1. Outputs that exist already stop the "
                "run before anything is written, unless --overwrite. Stones: touching stones are separated by a "
                "distance-transform watershed (seeds --min-distance apart, pieces joined by a wide neck merged "
                f"back); stones smaller than {stones.MIN_STONE_FRACTION:.2%} of the photo are dropped. stone_count "
-               "counts every stone found, edge stones included. D10, D50, D80: the diameters that 10, 50, 80 % "
-               "of the material is finer than, read off the cumulative curve of equivalent-circle diameters, "
-               "by default weighted by stone AREA (as a sieve weighs by mass, taking mass as proportional to "
-               "visible area; --weighting count weighs every stone the same), in mm with --mm-per-pixel, else "
-               "in px; stones touching the photo's edge are truncated and left out of every distribution unless "
-               "--include-edge. How photos reach the model follows the model: one "
+               "counts every stone found, edge stones included. D values (D10, D50, D80 unless --percentiles): "
+               "the diameters that 10, 50, 80 % of the material is finer than, read off the cumulative curve of "
+               "equivalent-circle diameters, by default weighted by stone AREA (as a sieve weighs by mass, taking "
+               "mass as proportional to visible area; --weighting count weighs every stone the same), in mm with "
+               "--mm-per-pixel, else in px (every size column's name ends in its unit); stones touching the "
+               "photo's edge are truncated and left out of every distribution unless --include-edge. Each D "
+               "value's confidence interval (_low, _high) is a percentile bootstrap over the stones: --bootstrap "
+               "resamples of the photo's (the run's, pooled) stones drawn with replacement, seeded by --seed "
+               "(and the photo's file name), so a run is reproducible; it covers the sampling of stones only, "
+               "not the model's segmentation errors. How photos reach the model follows the model: one "
                "trained on squashed photos (fixed input, no scale) gets each photo squashed to its input size; "
                "one trained at a scale F gets each photo resized by F, whole when the resized photo has at most "
                "--batch-size x tile^2 pixels (1 MP by default), else in overlapping tiles blended smoothly. "
@@ -212,6 +230,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="how stones weigh in the size distribution and D values")
     parser.add_argument("--include-edge", action="store_true",
                         help="keep stones touching the photo's edge (truncated) in the size distribution")
+    parser.add_argument("--percentiles", dest="percents", type=percents_option, metavar="P,P...",
+                        default=stones.DEFAULT_PERCENTS,
+                        help="the D values reported, in mm with --mm-per-pixel, else px (e.g. 16,50,84,96; each "
+                             "strictly between 0 and 100); default: 10,50,80")
+    parser.add_argument("--ci", type=float, default=stones.DEFAULT_LEVEL, metavar="LEVEL",
+                        help="the level of each D value's confidence interval (0 < LEVEL < 1)")
+    parser.add_argument("--bootstrap", type=int, default=stones.DEFAULT_RESAMPLES, metavar="N",
+                        help="bootstrap resamples of the stones behind the intervals (0: no intervals)")
+    parser.add_argument("--seed", type=int, default=stones.DEFAULT_SEED,
+                        help="the bootstrap's random seed: the same seed gives the same intervals")
     parser.add_argument("--scale", type=float, default=None, metavar="F",
                         help="resize photos by F (0 < F <= 1) for the model instead of the scale it records")
     parser.add_argument("--tile", type=int, nargs="?", const=DEFAULT_TILE, default=None, metavar="SIZE",
@@ -232,6 +260,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--scale must be in (0, 1], got {args.scale:g}")
     if args.mm_per_pixel is not None and not args.mm_per_pixel > 0:
         parser.error(f"--mm-per-pixel must be greater than 0, got {args.mm_per_pixel:g}")
+    if not 0 < args.ci < 1:
+        parser.error(f"--ci must be strictly between 0 and 1, got {args.ci:g}")
+    if args.bootstrap < 0 or args.seed < 0:
+        parser.error(f"--bootstrap and --seed must be at least 0, got {args.bootstrap} and {args.seed}")
     if not 0 <= args.min_distance < 1:
         parser.error(f"--min-distance must be at least 0 and below 1 (a share of the shorter side), "
                      f"got {args.min_distance:g}")
@@ -274,11 +306,12 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"none of the {len(photos)} photo(s) could be predicted (each is named above); "
                          "nothing was written")
     rows, tables = zip(*done)
-    pooled = outputs.write_run(args.out, list(rows), list(tables), outputs.OutputSettings.from_args(args))
+    settings = outputs.OutputSettings.from_args(args)
+    pooled = outputs.write_run(args.out, list(rows), list(tables), settings)
     elapsed = time.perf_counter() - started
     print(f"Wrote {len(rows)} mask(s), stone tables{' and overlays' if args.overlay else ''}, {outputs.PREDICTIONS_CSV} and "
           f"{outputs.POOLED_SIZES_CSV} to {args.out} in {elapsed:.1f} s ({elapsed / max(1, len(photos)):.2f} s/photo)")
-    print(outputs.run_summary(list(rows), pooled))
+    print(outputs.run_summary(list(rows), pooled, settings))
     if failures:
         print(f"{PROG}: {len(failures)} of {len(photos)} photo(s) failed (each is named above) and are not in "
               f"{outputs.PREDICTIONS_CSV}", file=sys.stderr)

@@ -3,6 +3,7 @@ tiling, bad files, no clobbering. The models are tiny hand-made networks whose o
 """
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def test_masks_have_the_photos_size_are_binary_and_labels_are_skipped(capsys, tm
     assert status == 0
     photos = sorted(p for p in tiny_photos.glob("*.JPG"))
     assert len(photos) == 10
-    per_photo = ("_mask.png", "_instances.png", "_stones.csv", "_sizes.png")
+    per_photo = ("_mask.png", "_instances.png", "_stones.csv", "_stones.geojson", "_sizes.png")
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"{p.stem}{suffix}" for p in photos for suffix in per_photo]
         + ["predictions.csv", "predictions_sizes.csv", "predictions_sizes.png"])
@@ -297,8 +298,10 @@ def test_existing_outputs_are_listed_and_nothing_is_written_without_overwrite(ca
 
     status, _, stderr = run(capsys, model64, *photos, "--out", out, "--overlay")
     assert status == 1
-    assert "11 output(s) exist already" in stderr and "nothing was written" in stderr  # 4 per photo and 3 of the run
-    assert str(out / "Image02_mask.png") in stderr and str(out / "predictions.csv") in stderr
+    assert "13 output(s) exist already" in stderr and "nothing was written" in stderr  # 5 per photo and 3 of the run
+    # The first ten are named (the photos' five each), the run's three counted.
+    assert str(out / "Image02_mask.png") in stderr and str(out / "Image02_stones.geojson") in stderr
+    assert "and 3 more" in stderr
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # no overlay, nothing replaced
 
     assert run(capsys, model64, *photos, "--out", out, "--overlay", "--overwrite")[0] == 0
@@ -410,21 +413,30 @@ def test_touching_discs_become_two_measured_stones_and_an_edge_stone_is_flagged(
     assert labels[100, 80] != labels[100, 156] and labels[100, 80] and labels[100, 156] and not labels[10, 10]
 
     row, = read_rows(out)
+    assert list(row) == ["file", "width", "height", "stone_fraction", "stone_count", "edge_stones", "size_unit",
+                         "d10_mm", "d10_mm_low", "d10_mm_high", "d50_mm", "d50_mm_low", "d50_mm_high",
+                         "d80_mm", "d80_mm_low", "d80_mm_high"]
     assert (row["stone_count"], row["edge_stones"], row["size_unit"]) == ("3", "1", "mm")
-    # The distribution holds the two discs only (the edge stone is left out): D values near 40 mm.
-    for key in ("d10", "d50", "d80"):
-        assert float(row[key]) == pytest.approx(40, rel=0.04)
+    # The distribution holds the two discs only (the edge stone is left out): D values near 40 mm, and
+    # each interval between the two discs' sizes, around its D value.
+    for percent in (10, 50, 80):
+        low, size, high = (float(row[f"d{percent}_mm{end}"]) for end in ("_low", "", "_high"))
+        assert size == pytest.approx(40, rel=0.04)
+        assert 0.96 * 40 < low <= size <= high < 1.04 * 40
     pooled = read_table(out / "predictions_sizes.csv")
+    assert list(pooled[0]) == ["percent_passing", "diameter_px", "diameter_px_low", "diameter_px_high",
+                               "diameter_mm", "diameter_mm_low", "diameter_mm_high"]
     assert [r["percent_passing"] for r in pooled] == [str(p) for p in range(10, 100, 10)]
-    assert float(pooled[4]["diameter_mm"]) == pytest.approx(float(row["d50"]), rel=1e-3)
-    assert float(pooled[4]["diameter_px"]) == pytest.approx(2 * float(row["d50"]), rel=1e-3)
+    for end in ("", "_low", "_high"):  # one photo: the pooled stones are the photo's, resampled alike
+        assert float(pooled[4][f"diameter_mm{end}"]) == pytest.approx(float(row[f"d50_mm{end}"]), rel=1e-3)
+        assert float(pooled[4][f"diameter_px{end}"]) == pytest.approx(2 * float(row[f"d50_mm{end}"]), rel=1e-3)
     for curve in ("discs_sizes.png", "predictions_sizes.png"):
         assert cv2.imread(str(out / curve)) is not None
 
     # --include-edge puts the truncated stone into the distribution: D10 falls to its size.
     assert run(capsys, model_full, tmp_path / "discs.png", "--out", tmp_path / "all", "--include-edge")[0] == 0
     row, = read_rows(tmp_path / "all")
-    assert row["size_unit"] == "px" and float(row["d10"]) < 0.9 * 80
+    assert row["size_unit"] == "px" and float(row["d10_px"]) < 0.9 * 80 and "d10_mm" not in row
 
 
 def test_a_photo_without_stones_gets_an_empty_table_and_no_curve(capsys, tmp_path, model_full):
@@ -436,9 +448,11 @@ def test_a_photo_without_stones_gets_an_empty_table_and_no_curve(capsys, tmp_pat
     assert (out / "belt_stones.csv").read_text().splitlines() == [
         "id,centroid_x,centroid_y,area_px,diameter_px,major_axis_px,minor_axis_px,touches_edge"]
     assert not (out / "belt_sizes.png").exists() and not (out / "predictions_sizes.png").exists()
-    assert (out / "predictions_sizes.csv").read_text() == "percent_passing,diameter_px\n"
+    assert (out / "predictions_sizes.csv").read_text() == "percent_passing,diameter_px,diameter_px_low,diameter_px_high\n"
     row, = read_rows(out)
-    assert (row["stone_count"], row["d10"], row["d50"], row["d80"]) == ("0", "", "", "")
+    assert row["stone_count"] == "0"
+    assert [row[f"d{percent}_px{end}"] for percent in (10, 50, 80) for end in ("", "_low", "_high")] == [""] * 9
+    assert json.loads((out / "belt_stones.geojson").read_text())["features"] == []
     assert not stones.decode_instances_png((out / "belt_instances.png").read_bytes()).any()
     assert "none in the size distribution" in stdout
 
