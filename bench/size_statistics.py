@@ -10,6 +10,8 @@
     --stones; 1 / sqrt(resamples) is the expected trend.
 (3) Seconds for the polygons of --stones stones (discs and ellipses of 8 to 30 px on a grid) as GeoJSON:
     tracing (stoneseg.geojson.stone_polygons), the features with their properties, and the written file.
+(4) What a photo of --photo-stones stones adds to predict's writing: its D values with the curve's band
+    (stoneseg.outputs.d_values_of, 1,000 resamples) and its NAME_stones.geojson.
 Medians of --repeats runs; the machine line first.
 """
 
@@ -23,7 +25,7 @@ import cv2
 import numpy as np
 
 from bench.machine import describe
-from stoneseg import geojson, stones
+from stoneseg import geojson, outputs, stones
 
 PERCENTS = (16, 50, 84, 96)
 
@@ -60,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stones", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--photo-stones", type=int, default=500)
     args = parser.parse_args()
     print(describe(), flush=True)
 
@@ -99,6 +102,16 @@ def main() -> None:
                                                                                "EPSG:32632"))):
             print(f"  {label:36s} {median_seconds(work, args.repeats):8.3f} s", flush=True)
         print(f"  file: {path.stat().st_size / 1e6:.1f} MB, {path.stat().st_size / len(table):.0f} bytes per stone")
+
+        labels = stone_labels(args.photo_stones, seed=1)
+        table = stones.measure_stones(labels)
+        settings = outputs.OutputSettings(Path(folder), 0.5, False, None, 0.01, "area", False)
+        distribution = outputs.distribution_of(table, settings)
+        print(f"\n(4) a photo of {len(table):,} stones as predict writes it, median of {args.repeats}:")
+        for label, work in (
+                ("D values + band (d_values_of)", lambda: outputs.d_values_of(distribution, settings)),
+                ("NAME_stones.geojson", lambda: geojson.write_stones_geojson(path, labels, table))):
+            print(f"  {label:36s} {median_seconds(work, args.repeats):8.3f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -231,9 +231,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--include-edge", action="store_true",
                         help="keep stones touching the photo's edge (truncated) in the size distribution")
     parser.add_argument("--percentiles", dest="percents", type=percents_option, metavar="P,P...",
-                        default=stones.DEFAULT_PERCENTS,
+                        default=",".join(f"{percent:g}" for percent in stones.DEFAULT_PERCENTS),
                         help="the D values reported, in mm with --mm-per-pixel, else px (e.g. 16,50,84,96; each "
-                             "strictly between 0 and 100); default: 10,50,80")
+                             "strictly between 0 and 100)")
     parser.add_argument("--ci", type=float, default=stones.DEFAULT_LEVEL, metavar="LEVEL",
                         help="the level of each D value's confidence interval (0 < LEVEL < 1)")
     parser.add_argument("--bootstrap", type=int, default=stones.DEFAULT_RESAMPLES, metavar="N",
