@@ -39,6 +39,9 @@ Size = int | tuple[int, int] | Scale
 
 # The photo files a folder scan picks up (record building, prediction), in any letter case.
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
+# Masks may also be TIFFs: 16- or 32-bit instance-label images are often stored so (decode_stones).
+MASK_SUFFIXES = PHOTO_SUFFIXES + (".tif", ".tiff")
+_PNG, _TIFF_LE, _TIFF_BE = b"\x89PNG", b"II*\x00", b"MM\x00*"
 
 # The JPEG scale-down is the largest of 1/8, 1/4, 1/2 that leaves at least REDUCTION_MARGIN x the target
 # size on both axes; INTER_AREA then does the rest. The DCT decode itself matches a box average closely
@@ -106,8 +109,69 @@ def decode_photo(data: bytes, size: Size, name: str) -> tuple[np.ndarray, tuple[
 
 
 def decode_mask(data: bytes, size: Size, name: str) -> tuple[np.ndarray, tuple[int, int]]:
-    """`read_mask` for file bytes already in memory; `name` is used in error messages."""
+    """`read_mask` for file bytes already in memory; `name` is used in error messages.
+
+    An instance-label image (see `decode_stones`) is made a black/white mask first: its stones, with the
+    pixels where two stones touch set to background, so that each 8-connected region is one stone as in a
+    gap mask."""
+    labels = _decode_labels(data, name)
+    if labels is not None:
+        grey = separated_stones(labels) * np.uint8(255)
+        return (_resize(grey, _resolve(size, labels.shape)) > MASK_THRESHOLD).astype(np.uint8), labels.shape
     image, original, target = _decode(data, name, size)
+    return (_resize(_grey_mask(image, name), target) > MASK_THRESHOLD).astype(np.uint8), original
+
+
+def decode_stones(data: bytes, name: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """A mask file's true stones at its full, oriented size: int32 labels (0 = background, stones 1..n), and
+    that (height, width).
+
+    Two layouts: an instance-label image, a PNG or TIFF of 16 or 32 bits per pixel with one value per stone
+    (how Cellpose, StarDist and ImageGrains store their data sets), read as it is; or a black/white gap mask
+    (8 bits, the prototype's layout), whose 8-connected regions are the stones (its thin background gaps
+    separate touching stones)."""
+    labels = _decode_labels(data, name)
+    if labels is not None:
+        return labels, labels.shape
+    image, original, _ = _decode(data, name, None)
+    mask = (_grey_mask(image, name) > MASK_THRESHOLD).view(np.uint8)
+    return cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)[1], original
+
+
+def separated_stones(labels: np.ndarray) -> np.ndarray:
+    """uint8 {0, 1}: the stones of instance `labels`, minus every stone pixel with an 8-neighbour of another
+    stone, so touching stones are parted by a background gap and each 8-connected region is one stone."""
+    wide = labels.max(initial=0) > np.iinfo(np.uint16).max - 1
+    morph = labels.astype(np.float32 if wide else np.uint16)  # dtypes OpenCV's morphology takes exactly
+    square = np.ones((3, 3), np.uint8)
+    larger_near = cv2.dilate(morph, square) > morph
+    # The smallest stone label near each pixel: the background made larger than any label first.
+    no_background = np.where(morph > 0, morph, np.float32(2**24) if wide else np.uint16(65535))
+    smaller_near = cv2.erode(no_background, square) < morph
+    return ((labels > 0) & ~larger_near & ~smaller_near).view(np.uint8)
+
+
+def _decode_labels(data: bytes, name: str) -> np.ndarray | None:
+    """int32 labels of a 16- or 32-bit single-channel PNG or TIFF; None for anything else (an 8-bit mask,
+    a JPEG), which the black/white mask path reads."""
+    if data.startswith(_PNG):
+        if len(data) < 26 or data[24] != 16:  # IHDR's bit depth: an 8-bit PNG is a black/white mask
+            return None
+    elif not data.startswith((_TIFF_LE, _TIFF_BE)):
+        return None
+    image = _imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED, name)
+    if image.dtype == np.uint8:
+        return None
+    if image.ndim != 2 or image.dtype not in (np.uint16, np.int32, np.uint32):
+        raise ImageError(name, f"an instance-label mask must be one channel of 16 or 32 bits, got {image.dtype} "
+                               f"with {1 if image.ndim == 2 else image.shape[2]} channels")
+    if image.min() < 0 or image.max() >= 2**24:
+        raise ImageError(name, "an instance-label mask must hold labels 0 to 16,777,215")
+    return image.astype(np.int32)
+
+
+def _grey_mask(image: np.ndarray, name: str) -> np.ndarray:
+    """A decoded black/white mask as grey (H, W) uint8, checked: ImageError when it is not black/white."""
     if image.ndim == 3:
         spread = image.max(axis=2).astype(np.int16) - image.min(axis=2)
         coloured = float(np.mean(spread > _COLOUR_SPREAD))
@@ -118,7 +182,7 @@ def decode_mask(data: bytes, size: Size, name: str) -> tuple[np.ndarray, tuple[i
     if stray_grey > MASK_ODD_PIXEL_LIMIT:
         raise ImageError(name, f"mask is not black/white: {stray_grey:.0%} of its pixels are mid-grey "
                                "away from any stone edge")
-    return (_resize(image, target) > MASK_THRESHOLD).astype(np.uint8), original
+    return image
 
 
 def check_same_size(photo: str, photo_size: tuple[int, int], mask: str, mask_size: tuple[int, int]) -> None:

@@ -5,7 +5,7 @@ import dataclasses
 from pathlib import Path
 from typing import NamedTuple
 
-from stoneseg.io import PHOTO_SUFFIXES
+from stoneseg.io import MASK_SUFFIXES
 
 MASK_TAG = "_label"
 
@@ -38,7 +38,8 @@ def find_pairs(data: Path) -> Inventory:
     """Pair photos with masks in `data`: the `images/` + `masks/` layout if `images/` exists, else flat.
 
     Flat (the prototype's): X.<ext> with mask X_label.<ext>. Folders: images/X.<ext> with masks/X.<ext>
-    or masks/X_label.<ext>. <ext> is .jpg, .jpeg or .png in any case; names are case-sensitive otherwise.
+    or masks/X_label.<ext> (Cellpose's, StarDist's and ImageGrains' data sets, whose masks are 16-bit
+    instance labels). <ext> is .jpg, .jpeg, .png, .tif or .tiff in any case; names are case-sensitive otherwise.
     Anything else is a stray: ignored and listed.
     """
     if not data.exists():
@@ -61,7 +62,7 @@ def find_pairs(data: Path) -> Inventory:
                 masks.setdefault(stem[:-len(MASK_TAG)], []).extend(paths)
             else:
                 photos[stem] = paths
-        expected = "a mask {stem}_label.jpg, .jpeg or .png"
+        expected = "a mask {stem}_label.jpg, .jpeg, .png, .tif or .tiff"
     pairs, problems = [], []
     for stem, stem_photos in photos.items():
         stem_masks = masks.pop(stem, [])
@@ -82,7 +83,7 @@ def _images_by_stem(folder: Path, data: Path, strip_tag: bool) -> tuple[dict[str
     """Image files in `folder` grouped by stem (without a trailing _label if `strip_tag`), and the rest."""
     images, rest = {}, []
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if path.is_file() and path.suffix.lower() in PHOTO_SUFFIXES:
+        if path.is_file() and path.suffix.lower() in MASK_SUFFIXES:
             stem = path.stem[:-len(MASK_TAG)] if strip_tag and _is_mask(path.stem) else path.stem
             images.setdefault(stem, []).append(_relative(path, data))
         else:
