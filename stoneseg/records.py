@@ -15,8 +15,11 @@ from pathlib import Path
 from stoneseg import io
 from stoneseg.cli import InputError, cores
 
-FORMAT_VERSION = 3  # 2: the manifest lists each shard's size and SHA-256 ("checksums"); 3: "mode" and "scale"
-READABLE_VERSIONS = (2, 3)  # a version 2 manifest has no "mode": it describes squash records
+# 2: the manifest lists each shard's size and SHA-256 ("checksums"); 3: "mode" and "scale"; 4: the instance
+# targets boundary/png and distance/png in every record, and the manifest's "boundary_width".
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)  # a version 2 manifest has no "mode": it describes squash records
+TARGETS_VERSION = 4  # the first version whose records hold the instance targets
 MANIFEST = "manifest.json"
 MODES = ("squash", "scale")
 
@@ -24,6 +27,8 @@ MODES = ("squash", "scale")
 FEATURES = {
     "image/png": "bytes",  # the resized photo, PNG, RGB
     "mask/png": "bytes",  # the resized mask, PNG, one channel, values 0 and 1
+    "boundary/png": "bytes",  # format 4: the boundary band at the record's size, PNG, values 0 and 1
+    "distance/png": "bytes",  # format 4: each stone's normalised distance to its edge, PNG, 0..255 for 0..1
     "image/height": "int",  # the resized size
     "image/width": "int",
     "source/name": "bytes",  # the photo's path relative to the input folder

@@ -149,8 +149,8 @@ def test_records_round_trip_through_tf_data(tmp_path):
     for shard in shards:
         content = (out / shard).read_bytes()
         assert manifest["checksums"][shard] == {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
-    assert manifest["build_options"] == ["--size", "24", "32", "--val-fraction", "0.34", "--test-fraction", "0.0",
-                                         "--seed", "42"]
+    assert manifest["build_options"] == ["--size", "24", "32", "--boundary-width", "1", "--val-fraction", "0.34",
+                                         "--test-fraction", "0.0", "--seed", "42"]
 
     records = read_records(out)
     assert sorted(records) == [f"Image{index:02d}.JPG" for index in range(6)]

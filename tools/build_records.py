@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stoneseg import cli, files, io, records
+from stoneseg import cli, files, io, records, targets
 from stoneseg.cli import InputError
 from stoneseg.pairs import Pair, Problem, find_pairs
 from stoneseg.records import FORMAT_VERSION, MANIFEST
@@ -56,6 +56,8 @@ class Example:
     source: str
     image_png: bytes
     mask_png: bytes
+    boundary_png: bytes  # the instance-aware outputs' targets (stoneseg.targets)
+    distance_png: bytes
     size: tuple[int, int]  # resized (height, width)
     source_size: tuple[int, int]  # original (height, width), EXIF-oriented
     sha256: str
@@ -63,8 +65,10 @@ class Example:
 
 
 # ----------------------------------------------------------------------------- decoding (worker processes)
-def decode_pair(data: Path, pair: Pair, size: io.Size) -> Example | list[Problem]:
-    """Decode, check and PNG-encode one pair; every problem found, or the finished Example."""
+def decode_pair(data: Path, pair: Pair, size: io.Size, boundary_width: int = targets.BOUNDARY_WIDTH
+                ) -> Example | list[Problem]:
+    """Decode, check and PNG-encode one pair and the instance targets of its true stones (found in the mask
+    at its full size, where no gap between stones is lost); every problem found, or the finished Example."""
     decoded, problems = {}, []
     for name, decode in ((pair.photo, io.decode_photo), (pair.mask, io.decode_mask)):
         try:
@@ -76,12 +80,15 @@ def decode_pair(data: Path, pair: Pair, size: io.Size) -> Example | list[Problem
             problems.append(Problem(error.file, error.problem))
     if problems:
         return problems
-    (content, image, photo_size), (_, mask, mask_size) = decoded[pair.photo], decoded[pair.mask]
+    (content, image, photo_size), (mask_content, mask, mask_size) = decoded[pair.photo], decoded[pair.mask]
     try:
         io.check_same_size(pair.photo, photo_size, pair.mask, mask_size)
+        labels, _ = io.decode_stones(mask_content, pair.mask)
     except io.ImageError as error:
         return [Problem(error.file, error.problem)]
+    made = targets.records_targets(labels, mask.shape, mask, boundary_width)
     return Example(source=pair.photo, image_png=io.encode_png(image), mask_png=io.encode_png(mask),
+                   boundary_png=io.encode_png(made["boundary"]), distance_png=io.encode_png(made["distance"]),
                    size=image.shape[:2], source_size=photo_size, sha256=hashlib.sha256(content).hexdigest(),
                    stone_fraction=float(mask.mean()))
 
@@ -91,9 +98,10 @@ def _start_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
 
-def decode_all(data: Path, pairs: list[Pair], size: io.Size, workers: int) -> list[Example | list[Problem]]:
+def decode_all(data: Path, pairs: list[Pair], size: io.Size, workers: int,
+               boundary_width: int = targets.BOUNDARY_WIDTH) -> list[Example | list[Problem]]:
     """decode_pair for every pair, in input order, on `workers` processes, with progress."""
-    job = functools.partial(decode_pair, data, size=size)
+    job = functools.partial(decode_pair, data, size=size, boundary_width=boundary_width)
     if workers <= 1 or len(pairs) <= 1:
         return _collect(map(job, pairs), cli.Progress(len(pairs), "photo", PROG))
     # The workers come from a fork server (spawn where there is none), never from forking this process:
@@ -158,6 +166,8 @@ def to_tf_example(example: Example) -> bytes:
     values = {
         "image/png": example.image_png,
         "mask/png": example.mask_png,
+        "boundary/png": example.boundary_png,
+        "distance/png": example.distance_png,
         "image/height": example.size[0],
         "image/width": example.size[1],
         "source/name": example.source.encode(),
@@ -222,7 +232,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "kept), split them by source photo into train/val/test, and write TFRecord shards plus "
                     "manifest.json (format: records/README.md).",
         epilog="Input layouts: flat, the prototype's (X.JPG with mask X_label.jpg), or images/X.jpg with "
-               "masks/X.png or masks/X_label.png; extensions .jpg/.jpeg/.png in any case. Other files are "
+               "masks/X.png or masks/X_label.png; extensions .jpg/.jpeg/.png (masks also .tif/.tiff) in any case. A "
+               "mask is black/white with thin gaps between touching stones (the prototype's), or a 16- or "
+               "32-bit PNG/TIFF of instance labels, one value per stone (Cellpose's, StarDist's). Other files are "
                "ignored and listed. "
                "Bad input: every pair is checked before anything is written. Truncated, corrupt or empty "
                "files, a missing mask, a mask whose size differs from its photo and a mask that is not "
@@ -242,6 +254,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "resized by F (0 < F <= 1) with its aspect ratio kept, so stones keep their shape and "
                              "detail; records differ in size (train trains on crops of them). 1/2, 1/4 and 1/8 need "
                              "only libjpeg's reduced decode")
+    parser.add_argument("--boundary-width", type=int, default=targets.BOUNDARY_WIDTH, metavar="PX",
+                        help="the boundary target's band reaches this many record pixels to either side of each "
+                             "stone's edge (train --output boundary)")
     parser.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
                         help="share of photos for validation (default: %(default)s)")
     parser.add_argument("--test-fraction", type=float, default=0.0, metavar="F",
@@ -266,8 +281,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not (0 <= args.val_fraction < 1 and 0 <= args.test_fraction < 1
             and args.val_fraction + args.test_fraction < 1):
         parser.error("--val-fraction and --test-fraction must be in [0, 1) and sum to less than 1")
-    if args.shards is not None and args.shards < 1 or args.workers < 1:
-        parser.error("--shards and --workers must be at least 1")
+    if args.shards is not None and args.shards < 1 or args.workers < 1 or args.boundary_width < 1:
+        parser.error("--shards, --workers and --boundary-width must be at least 1")
     return args
 
 
@@ -317,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = min(args.workers, max(1, len(inventory.pairs)))
     print(f"Decoding {len(inventory.pairs)} photo/mask pair(s) from {data} at {described} "
           f"in {workers} process(es)")
-    results = decode_all(data, inventory.pairs, size, workers)
+    results = decode_all(data, inventory.pairs, size, workers, args.boundary_width)
     examples = [result for result in results if isinstance(result, Example)]
     problems = inventory.problems + [problem for result in results if isinstance(result, list) for problem in result]
 
@@ -336,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     shards, manifest_splits = {}, {}
     for split, sources in splits.items():
         members = [by_source[source] for source in sources]
-        total_bytes = sum(len(m.image_png) + len(m.mask_png) for m in members)
+        total_bytes = sum(len(m.image_png) + len(m.mask_png) + len(m.boundary_png) + len(m.distance_png)
+                          for m in members)
         count = shard_count(split, len(members), total_bytes, args.shards)
         names = [f"{split}-{index:05d}-of-{count:05d}{suffix}" for index in range(count)]
         shards.update({name: members[index::count] for index, name in enumerate(names)})
@@ -351,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "scale" if args.scale is not None else "squash",
         "scale": args.scale,
         "image_size": None if args.scale is not None else list(size),
+        "boundary_width": args.boundary_width,
         "compression": "GZIP" if args.gzip else None,
         "seed": args.seed,
         "val_fraction": args.val_fraction,
