@@ -1,9 +1,11 @@
 """The prototype's rotate/flip augmentation, and the random crop of `--crop`, applied on the training
-device to images and masks alike.
+device to images and every target alike.
 
 Built from core Keras 3 preprocessing layers, which transform an `{"images", "segmentation_masks"}`
-batch with one draw per image and resample masks nearest, so masks stay exactly {0, 1}. The crop is
-our own (`RandomRecordCrop`): Keras' RandomCrop draws one window per batch and knows nothing of padding.
+batch with one draw per image and resample masks nearest, so masks stay exactly {0, 1}. Targets that
+must be resampled bilinearly (the normalised distance of `train --output distance`) ride along as extra
+image channels, so the one draw moves them exactly as it moves the photo. The crop is our own
+(`RandomRecordCrop`): Keras' RandomCrop draws one window per batch and knows nothing of padding.
 """
 
 import keras
@@ -15,7 +17,9 @@ class SegmentationAugmentation(keras.layers.Layer):
     """Rotation up to ±`max_rotation_degrees` with probability `rotation_probability`, then a
     horizontal and a vertical flip, each with p = 0.5; drawn fresh for every image at every call.
 
-    `call(images, masks)` returns float32 `(images, masks)`; with `training=False` it returns them
+    `call(images, masks)` returns float32 `(images, masks)`, the masks [B,H,W,C] (any number of class
+    maps and weights) resampled nearest; `call(images, masks, smooth)` returns `(images, masks, smooth)`,
+    `smooth` [B,H,W,C'] resampled bilinearly like the images. With `training=False` they come back
     unchanged, so validation and evaluation never see augmentation.
     """
 
@@ -39,11 +43,19 @@ class SegmentationAugmentation(keras.layers.Layer):
         for layer in (self.rotate, self.flip_horizontal, self.flip_vertical):
             layer.build(input_shape)
 
-    def call(self, images, masks, training=True):
+    def call(self, images, masks, smooth=None, training=True):
         images = ops.cast(images, "float32")
         masks = ops.cast(masks, "float32")
-        if not training:
+        colours = ops.shape(images)[-1]
+        if smooth is not None:
+            images = ops.concatenate([images, ops.cast(smooth, "float32")], axis=-1)
+        if training:
+            images, masks = self._transform(images, masks)
+        if smooth is None:
             return images, masks
+        return images[..., :colours], masks, images[..., colours:]
+
+    def _transform(self, images, masks):
         batch = {"images": images, "segmentation_masks": masks}
         rotated = self.rotate(dict(batch), training=True)
         batch_size = ops.shape(images)[0]

@@ -87,23 +87,25 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
 class ValidationImages(keras.callbacks.Callback):
     """After each epoch, write `photo | true mask | predicted mask` for fixed validation photos as a
-    TensorBoard image summary."""
+    TensorBoard image summary; for a network with a second output (`output`: "boundary" or "distance"),
+    a second summary `true <output> | predicted <output>` beside it (grey levels 0..255 for 0..1)."""
 
-    def __init__(self, log_dir, images, masks, threshold=0.5):
+    def __init__(self, log_dir, images, masks, output="binary", threshold=0.5):
         super().__init__()
         self.writer = tf.summary.create_file_writer(str(log_dir))
         self.images = np.asarray(images, np.uint8)
-        self.masks = np.asarray(masks, np.uint8)
+        self.masks = np.asarray(masks, np.uint8)  # [N,H,W,C]: the mask, then the second output's stored target
+        self.output = output
         self.threshold = threshold
 
     def on_epoch_end(self, epoch, logs=None):
         # One photo at a time: whole scale records can be large, and a batch of them would need the
         # network's activations for all of them at once.
-        probabilities = np.concatenate(
-            [keras.ops.convert_to_numpy(self.model(image[None], training=False)) for image in self.images]
-        )
-        predicted = (probabilities >= self.threshold).astype(np.uint8)
-        panels = np.concatenate([self.images, _as_rgb(self.masks), _as_rgb(predicted)], axis=2)
+        outputs = [self.model(image[None], training=False) for image in self.images]
+        outputs = [[keras.ops.convert_to_numpy(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+                   for out in outputs]
+        predicted = (np.concatenate([out[0] for out in outputs]) >= self.threshold).astype(np.uint8)
+        panels = np.concatenate([self.images, _as_rgb(self.masks[..., :1]), _as_rgb(predicted)], axis=2)
         with self.writer.as_default():
             tf.summary.image(
                 "validation/photo_truth_prediction",
@@ -112,6 +114,17 @@ class ValidationImages(keras.callbacks.Callback):
                 max_outputs=len(panels),
                 description="Fixed validation photos: photo | true mask | predicted mask.",
             )
+            if self.output != "binary":
+                second = np.concatenate([out[1] for out in outputs])
+                truth = self.masks[..., 1:2] * (255 if self.output == "boundary" else 1)  # distance is stored 0..255
+                panels = np.concatenate([_grey_rgb(truth), _grey_rgb(np.rint(second * 255))], axis=2)
+                tf.summary.image(
+                    f"validation/{self.output}_truth_prediction",
+                    panels,
+                    step=epoch,
+                    max_outputs=len(panels),
+                    description=f"The same photos' {self.output} target | predicted {self.output} (black 0, white 1).",
+                )
         self.writer.flush()
 
     def on_train_end(self, logs=None):
@@ -120,4 +133,9 @@ class ValidationImages(keras.callbacks.Callback):
 
 def _as_rgb(masks):
     """{0, 1} masks [N,H,W,1] as white-on-black uint8 RGB."""
-    return np.repeat(masks * 255, 3, axis=-1).astype(np.uint8)
+    return _grey_rgb(masks * 255)
+
+
+def _grey_rgb(levels):
+    """Grey levels 0..255 [N,H,W,1] as uint8 RGB."""
+    return np.repeat(np.clip(levels, 0, 255), 3, axis=-1).astype(np.uint8)

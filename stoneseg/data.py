@@ -15,10 +15,13 @@ import tensorflow as tf
 
 from stoneseg.choices import OUTPUT_STRIDE
 from stoneseg.cli import InputError
-from stoneseg.records import FEATURES, MANIFEST, describe, load_manifest, record_size, split_size
+from stoneseg.records import (FEATURES, MANIFEST, TARGETS_VERSION, describe, load_manifest, record_size,
+                              split_size)
+from stoneseg.targets import OUTPUT_TARGETS
 
 _FEATURE_SPEC = {name: tf.io.FixedLenFeature([], tf.string if kind == "bytes" else tf.int64)
                  for name, kind in FEATURES.items()}
+_TARGET_FEATURES = {"boundary": "boundary/png", "distance": "distance/png"}  # format 4 only
 _SIZE_SPEC = {name: _FEATURE_SPEC[name] for name in ("image/height", "image/width", "source/name", "source/height",
                                                       "source/width")}
 _MAX_SHUFFLE_BUFFER = 4096
@@ -26,9 +29,11 @@ _MAX_SHUFFLE_BUFFER = 4096
 MAX_PARALLEL_SHARD_READS = 16
 
 
-def read_examples(records_dir, split):
+def read_examples(records_dir, split, targets=()):
     """One split's records, decoded: dicts of uint8 `image` [H,W,3] and `mask` [H,W,1] (values 0, 1),
-    the source photo's `name` and its original `height` and `width`. Shards are read in parallel.
+    the source photo's `name` and its original `height` and `width`, and each of the instance `targets`
+    named ("boundary": [H,W,1] values 0, 1; "distance": [H,W,1] 0..255 for 0..1; format 4 records only:
+    an InputError for older ones). Shards are read in parallel.
 
     Squash records all have the manifest's image_size, and the shapes say so; scale records each
     have their own size (io.Scale(F) of the photo's), so H and W are None. A record whose size
@@ -41,25 +46,33 @@ def read_examples(records_dir, split):
         raise InputError(f"{records_dir / MANIFEST}: no {split!r} split (has {sorted(manifest['splits'])})")
     shards = [str(records_dir / name) for name in manifest["splits"][split]["shards"]]
     compression = manifest.get("compression") or ""
+    if targets and manifest["format_version"] < TARGETS_VERSION:
+        raise InputError(f"{records_dir / MANIFEST}: records of format {manifest['format_version']} hold no "
+                         f"{' or '.join(targets)} targets (format {TARGETS_VERSION} does); rebuild them: "
+                         f"python -m tools.build_records --data {manifest['input']} --out {records_dir} --overwrite")
     _check_first_records(records_dir / MANIFEST, manifest, shards, compression)
     static = tuple(manifest["image_size"]) if manifest["mode"] == "squash" else (None, None)
+    planes = ("mask", *targets)  # one-channel maps of the record's size
+    spec = {name: feature for name, feature in _FEATURE_SPEC.items()
+            if name not in _TARGET_FEATURES.values() or name in [_TARGET_FEATURES[t] for t in targets]}
 
     def parse(shard, serialized):
-        features = tf.io.parse_single_example(serialized, _FEATURE_SPEC)
+        features = tf.io.parse_single_example(serialized, spec)
         image = tf.io.decode_png(features["image/png"], channels=3)
-        mask = tf.io.decode_png(features["mask/png"], channels=1)
+        maps = {name: tf.io.decode_png(features[_TARGET_FEATURES.get(name, "mask/png")], channels=1) for name in planes}
         expected = _record_size_tensor(manifest, tf.stack([features["source/height"], features["source/width"]]))
         stated = tf.stack([features["image/height"], features["image/width"]])
-        sizes = tf.stack([tf.shape(image, tf.int64)[:2], tf.shape(mask, tf.int64)[:2], stated])
+        sizes = tf.stack([tf.shape(image, tf.int64)[:2], *(tf.shape(maps[name], tf.int64)[:2] for name in planes),
+                          stated])
         check = tf.debugging.Assert(
             tf.reduce_all(sizes == expected),
-            [shard, features["source/name"], "image, mask and stated sizes", sizes, "but the manifest",
-             f"({describe(manifest)}) makes it", expected],
+            [shard, features["source/name"], f"image, {', '.join(planes)} and stated sizes", sizes,
+             "but the manifest", f"({describe(manifest)}) makes it", expected],
         )
         with tf.control_dependencies([check]):
             return {
                 "image": tf.ensure_shape(image, (*static, 3)),
-                "mask": tf.ensure_shape(mask, (*static, 1)),
+                **{name: tf.ensure_shape(maps[name], (*static, 1)) for name in planes},
                 "name": features["source/name"],
                 "height": features["source/height"],
                 "width": features["source/width"],
@@ -76,10 +89,13 @@ def read_examples(records_dir, split):
     return examples.apply(tf.data.experimental.assert_cardinality(split_size(manifest, split)))
 
 
-def make_dataset(records_dir, split, batch_size, training, seed=0, num_workers=1, crop=None):
+def make_dataset(records_dir, split, batch_size, training, seed=0, num_workers=1, crop=None, output="binary"):
     """Batches from one split's shards, as uint8 tensors.
 
-    Without `crop` (squash records only): `(images [B,H,W,3], masks [B,H,W,1])`, the records as they are.
+    `output` (stoneseg.choices.OUTPUTS) says what the "masks" hold: "binary", the stone mask [B,H,W,1];
+    "boundary" or "distance", the mask and that output's target [B,H,W,2] (stoneseg.targets).
+
+    Without `crop` (squash records only): `(images [B,H,W,3], masks [B,H,W,C])`, the records as they are.
     With `crop` N (`train --crop N`): whole records, zero-padded on the bottom and right to the largest
     in the batch, and
     - training: `(images, masks, sizes)`, each record padded to at least N×N, `sizes` int32 [B, 2] its
@@ -97,7 +113,9 @@ def make_dataset(records_dir, split, batch_size, training, seed=0, num_workers=1
     if crop is None and manifest["mode"] != "squash":
         raise InputError(f"{Path(records_dir) / MANIFEST}: {describe(manifest)} records differ in size, so they are "
                          "batched whole only with a crop size (python -m stoneseg.train --crop N)")
-    dataset = read_examples(records_dir, split).map(lambda example: (example["image"], example["mask"])).cache()
+    planes = ("mask", *OUTPUT_TARGETS[output])
+    dataset = read_examples(records_dir, split, OUTPUT_TARGETS[output]).map(
+        lambda example: (example["image"], tf.concat([example[name] for name in planes], axis=-1))).cache()
     if training:
         buffer = min(split_size(manifest, split), _MAX_SHUFFLE_BUFFER)
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
@@ -107,7 +125,7 @@ def make_dataset(records_dir, split, batch_size, training, seed=0, num_workers=1
         dataset = dataset.map(lambda image, mask: _at_least(image, mask, crop), num_parallel_calls=tf.data.AUTOTUNE)
         dataset = dataset.padded_batch(batch_size, drop_remainder=True)
     else:
-        dataset = dataset.map(lambda image, mask: (image, mask, tf.ones_like(mask)))
+        dataset = dataset.map(lambda image, mask: (image, mask, tf.ones_like(mask[..., :1])))
         dataset = dataset.padded_batch(batch_size).map(_pad_to_stride, num_parallel_calls=tf.data.AUTOTUNE)
     num_shards = len(manifest["splits"][split]["shards"])
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_sharding_options(num_shards, num_workers))

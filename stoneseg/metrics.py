@@ -1,13 +1,15 @@
 """How masks are scored in training: the losses and the thresholded stone-class metrics.
 
-Both losses and both metrics take Keras' `sample_weight` as per-pixel weights [B,H,W,1] of 0 and 1:
+Every loss and both metrics take Keras' `sample_weight` as per-pixel weights [B,H,W,1] of 0 and 1:
 `train --crop` gives padding weight 0, and a pixel of weight 0 counts in neither a loss nor a metric.
+A model with a second output (`train --output boundary|distance`) has a loss per output; Keras logs each
+as `<output>_loss` beside their sum, `loss`.
 """
 
 import keras
 from keras import ops
 
-from stoneseg.choices import LOSSES
+from stoneseg.choices import LOSSES, OUTPUTS
 
 
 @keras.saving.register_keras_serializable(package="stoneseg")
@@ -65,6 +67,18 @@ def make_loss(name):
     if name == "bce_dice":
         return BceDiceLoss()
     raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+
+
+def make_losses(name, output="binary"):
+    """The losses of a model with `output` (stoneseg.choices.OUTPUTS): the stone probability's is the one
+    called `name`; a second output's is binary cross-entropy against its target (the boundary band's 0/1,
+    or the normalised distance in [0, 1] as a soft target, whose gradient on the logit is prediction -
+    target, as least squares' is on the value). One loss for "binary", else a list in output order."""
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown output {output!r}; choose one of {', '.join(OUTPUTS)}")
+    if output == "binary":
+        return make_loss(name)
+    return [make_loss(name), keras.losses.BinaryCrossentropy(name=f"{output}_bce", reduction="mean_with_sample_weight")]
 
 
 def training_metrics(threshold=0.5):

@@ -21,13 +21,14 @@ computes nothing: it carries the scale the network was trained at inside the `.k
 import keras
 from keras import layers
 
-from stoneseg.choices import BLOCKS_PER_STAGE, OUTPUT_STRIDE
+from stoneseg.choices import BLOCKS_PER_STAGE, OUTPUT_STRIDE, OUTPUTS
 
 STAGE_FILTERS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
 PHOTO_SCALE_LAYER = "photo_scale"
 PROBABILITIES_LAYER = "mask"
-FLOAT32_LAYERS = (PHOTO_SCALE_LAYER, PROBABILITIES_LAYER)  # float32 under any policy: pixels in, probabilities out
+# float32 under any policy: pixels in, probabilities (and the second output's maps) out
+FLOAT32_LAYERS = (PHOTO_SCALE_LAYER, PROBABILITIES_LAYER, *OUTPUTS[1:])
 
 # classification_models' ResNet uses epsilon 2e-5; the decoder keeps Keras' 1e-3, as segmentation_models does.
 # Both use momentum 0.99 (Keras' default, the prototype's) unless build_unet is given another.
@@ -55,6 +56,18 @@ class PhotoScale(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale}
+
+
+def model_output(model):
+    """What `model` predicts besides the stone probability, read from its outputs' names: "binary" (the
+    stone probability alone: every model saved before instance outputs), "boundary" or "distance"."""
+    names = [tensor._keras_history.operation.name for tensor in model.outputs]
+    if len(names) == 1:
+        return "binary"
+    if len(names) == 2 and names[0] == PROBABILITIES_LAYER and names[1] in OUTPUTS:
+        return names[1]
+    raise ValueError(f"{model.name}: outputs {names} are none of stoneseg's (a stone probability '{PROBABILITIES_LAYER}', "
+                     f"then nothing or one of {', '.join(OUTPUTS[1:])})")
 
 
 def model_scale(model):
@@ -178,17 +191,22 @@ def unet_decoder(pyramid, decoder_filters=(256, 128, 64, 32, 16), bn_momentum=PR
 # Head and the whole model.
 
 
-def segmentation_head(x, num_classes=1):
-    """A 3x3 conv to per-pixel class scores, then sigmoid (one class) or softmax, in float32."""
+def segmentation_head(x, num_classes=1, name=PROBABILITIES_LAYER, conv_name="head_conv"):
+    """A 3x3 conv to per-pixel class scores, then sigmoid (one class) or softmax, in float32, named `name`."""
     activation = "sigmoid" if num_classes == 1 else "softmax"
-    x = layers.Conv2D(num_classes, 3, padding="same", name="head_conv")(x)
+    x = layers.Conv2D(num_classes, 3, padding="same", name=conv_name)(x)
     # float32 even under a mixed_float16 policy, so probabilities near 0 and 1 and the loss stay exact.
-    return layers.Activation(activation, dtype="float32", name=PROBABILITIES_LAYER)(x)
+    return layers.Activation(activation, dtype="float32", name=name)(x)
 
 
 def build_unet(input_shape=(256, 256, 3), backbone="resnet18", decoder_filters=(256, 128, 64, 32, 16), num_classes=1,
-               scale=None, bn_momentum=PROTOTYPE_BN_MOMENTUM):
+               scale=None, bn_momentum=PROTOTYPE_BN_MOMENTUM, output="binary"):
     """Return the UNet: images with values 0-255 (uint8 or float) in, per-pixel probabilities out.
+
+    `output` (train --output): "binary", one output, the stone probability [N,H,W,1]; "boundary" or
+    "distance", a second head on the same decoder features after it, named so and also sigmoid in [0, 1]:
+    the probability that a pixel is on a stone's boundary band, or its stone's normalised distance to the
+    stone's edge (stoneseg.targets). The stone probability is always the first output (`model_output`).
 
     Height and width must be multiples of 32, or None to accept any such size at run time. `scale`:
     the photos were resized by this factor for training (None: squashed to `input_shape`); it travels
@@ -197,7 +215,12 @@ def build_unet(input_shape=(256, 256, 3), backbone="resnet18", decoder_filters=(
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown output {output!r}: choose one of {', '.join(OUTPUTS)}")
     encoder = resnet_backbone(input_shape, backbone, scale, bn_momentum)
     features = unet_decoder(encoder.output, decoder_filters, bn_momentum)
     masks = segmentation_head(features, num_classes)
-    return keras.Model(encoder.input, masks, name=f"unet_{backbone}")
+    if output == "binary":
+        return keras.Model(encoder.input, masks, name=f"unet_{backbone}")
+    second = segmentation_head(features, 1, name=output, conv_name=f"{output}_head_conv")
+    return keras.Model(encoder.input, [masks, second], name=f"unet_{backbone}_{output}")

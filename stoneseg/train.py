@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 from stoneseg import cli, precision, recipes, records
-from stoneseg.choices import BLOCKS_PER_STAGE, LOSSES, OUTPUT_STRIDE, PRECISIONS, STRATEGIES
+from stoneseg.choices import BLOCKS_PER_STAGE, LOSSES, OUTPUT_STRIDE, OUTPUTS, PRECISIONS, STRATEGIES
 from stoneseg.cli import InputError
 from stoneseg.files import write_atomically
 from stoneseg.records import MANIFEST
@@ -32,6 +32,7 @@ from stoneseg.records import MANIFEST
 PROG = "train"
 BACKUP = "backup"
 DEFAULT_SCALE_CROP = 256
+DEFAULT_OUTPUT = "binary"
 NOT_RUN_ARGUMENTS = ("run_dir", "skip_hash")  # a run resumed with other values is still the same run
 PACKAGES = ("stoneseg", "tensorflow", "keras", "numpy", "opencv-python-headless", "scikit-learn")
 
@@ -88,6 +89,12 @@ def parse_args(argv=None):
         help="early stopping: the least improvement of --monitor that counts as better",
     )
     parser.add_argument("--backbone", choices=sorted(BLOCKS_PER_STAGE), default="resnet18", help="UNet encoder")
+    parser.add_argument(
+        "--output", choices=OUTPUTS, default=DEFAULT_OUTPUT,
+        help="what the network predicts besides the stone probability, so that predict can tell touching stones "
+        "apart: binary (nothing: the prototype's; stones are split by the mask's geometry), boundary (a band at "
+        "every stone's edge and the gaps between stones), distance (each stone's distance to its edge, 0 to 1)",
+    )
     parser.add_argument(
         "--image-size", type=int, default=None, help="side of the training images; default and only value: the records'"
     )
@@ -198,7 +205,7 @@ def train_model(args, manifest, started, resolved):
     from stoneseg.augment import RandomRecordCrop, SegmentationAugmentation
     from stoneseg.callbacks import ValidationImages, backed_up_epochs, read_history, trim_history
     from stoneseg.data import make_dataset, shard_by
-    from stoneseg.metrics import make_loss, training_metrics
+    from stoneseg.metrics import make_losses, training_metrics
     from stoneseg.model import build_unet
     from stoneseg.trainer import SegmentationTrainer
 
@@ -215,8 +222,9 @@ def train_model(args, manifest, started, resolved):
     # shard's first record against the manifest, before anything is written.
     val_batch = global_batch if squash else strategy.num_replicas_in_sync
     train = make_dataset(args.records, "train", global_batch, training=True, seed=args.seed, num_workers=workers,
-                         crop=args.crop)
-    val = make_dataset(args.records, "val", val_batch, training=False, num_workers=workers, crop=args.crop)
+                         crop=args.crop, output=args.output)
+    val = make_dataset(args.records, "val", val_batch, training=False, num_workers=workers, crop=args.crop,
+                       output=args.output)
 
     run_dir = find_run_dir(args)
     chief = distribute.is_chief(strategy)
@@ -241,27 +249,28 @@ def train_model(args, manifest, started, resolved):
         f"{workers} worker(s); "
         f"batch {args.batch_size} per replica = global batch {global_batch}; {steps} steps per epoch; "
         f"{train_shards} train shard(s) split across workers by {shard_by(train_shards, workers)}; "
-        f"XLA {'on' if jit else 'off'}; records {records.describe(manifest)}, "
+        f"XLA {'on' if jit else 'off'}; output {args.output}; records {records.describe(manifest)}, "
         f"{f'random {args.crop}x{args.crop} crops' if args.crop else 'whole'}; run folder {run_dir}",
         flush=True,
     )
 
     with strategy.scope():
         if args.crop is None:
-            network = build_unet((height, width, 3), backbone=args.backbone, bn_momentum=args.bn_momentum)
+            network = build_unet((height, width, 3), backbone=args.backbone, bn_momentum=args.bn_momentum,
+                                 output=args.output)
             crop, saved_input_shape = None, None
         else:  # crops to train, whole records to validate: one network for any size
             network = build_unet((None, None, 3), backbone=args.backbone, scale=manifest["scale"],
-                                 bn_momentum=args.bn_momentum)
+                                 bn_momentum=args.bn_momentum, output=args.output)
             crop = RandomRecordCrop(args.crop, seed=args.seed)
             saved_input_shape = (height, width, 3) if squash else None  # predict squashes photos to this size
         trainer = SegmentationTrainer(
             network, SegmentationAugmentation(seed=args.seed), jit_network=jit, crop=crop,
-            saved_input_shape=saved_input_shape,
+            saved_input_shape=saved_input_shape, output=args.output,
         )
         trainer.compile(
             optimizer=recipes.make_optimizer(vars(args), args.epochs, steps),
-            loss=make_loss(args.loss),
+            loss=make_losses(args.loss, args.output),
             metrics=training_metrics(),
             jit_compile=False,  # the network's own compute is compiled inside the trainer when jit
         )
@@ -269,8 +278,9 @@ def train_model(args, manifest, started, resolved):
 
     callbacks = run_callbacks(args, task_dir, history)
     if chief:
-        images, masks, *_ = next(iter(make_dataset(args.records, "val", args.val_images, training=False, crop=args.crop)))
-        callbacks.append(ValidationImages(run_dir / "logs" / "images", images, masks))
+        images, masks, *_ = next(iter(make_dataset(args.records, "val", args.val_images, training=False, crop=args.crop,
+                                                   output=args.output)))
+        callbacks.append(ValidationImages(run_dir / "logs" / "images", images, masks, args.output))
     trainer.fit(
         strategy.experimental_distribute_dataset(train),
         validation_data=strategy.experimental_distribute_dataset(val),
