@@ -57,9 +57,9 @@ SHEET = "worst.png"
 SHEET_ROW_HEIGHT = 200
 SHEET_TEXT_HEIGHT = 30  # the title, the legend and each photo's label are strips of text this high
 SHEET_TEXT_WIDTH = 900  # the title and the legend are this wide (the sheet is at least as wide)
-INSTANCE_KEYS = ("true_count", "predicted_count", "precision", "recall", "f1", "d50_relative_error",
-                 "d80_relative_error")
-INSTANCE_MODES = {"split": "the predicted mask split into stones as predict splits it",
+INSTANCE_KEYS = ("true_count", "true_left_out", "predicted_count", "precision", "recall", "f1",
+                 "d50_relative_error", "d80_relative_error")
+INSTANCE_MODES = {"split": "split into stones as predict splits them",
                   "regions": "the predicted mask's 8-connected regions, unsplit"}
 
 
@@ -224,13 +224,15 @@ def score_records(inference: Inference, records: Path, split: str, threshold: fl
     return photos
 
 
-def predicted_stones(mask: np.ndarray, mode: str, min_distance: float) -> np.ndarray:
-    """Instance labels of a full-size predicted mask: split as predict splits it (seeds `min_distance` x
-    the shorter side apart), or its plain regions (`mode` "regions"). A mask that is stone everywhere
-    cannot be split (no background) and is scored as its one region."""
+def predicted_stones(maps: np.ndarray, mask: np.ndarray, output: str, mode: str, min_distance: float) -> np.ndarray:
+    """Instance labels of a photo from the network's working-size `maps` and the full-size predicted mask:
+    split as predict splits them (stoneseg.stones.stones_of: a binary network's mask by its geometry, seeds
+    `min_distance` x the shorter side apart; a boundary or distance network's by its second map), or the
+    mask's plain regions (`mode` "regions"). A binary mask that is stone everywhere cannot be split (no
+    background) and is scored as its one region."""
     if mode == "split":
         try:
-            return stones.split_stones(mask, min_distance * min(mask.shape))
+            return stones.stones_of(maps, mask, output, min_distance)
         except ValueError:
             pass
     return stones.stone_regions(mask)
@@ -239,8 +241,9 @@ def predicted_stones(mask: np.ndarray, mode: str, min_distance: float) -> np.nda
 def score_folder(inference: Inference, data: Path, pairs: list, threshold: float, workers: int,
                  worst: WorstPhotos, progress, find_stones=None) -> tuple[list[PhotoScore], list[str]]:
     """Score photo/mask pairs of a folder at the model's working size and at each photo's original size,
-    pixels and, with `find_stones` (full-size mask -> instance labels), stones; also return one error line
-    per pair that could not be read."""
+    pixels and, with `find_stones` ((working maps, full-size mask) -> instance labels), stones; also return
+    one error line per pair that could not be read. True stones smaller than the network split keeps
+    (stoneseg.stones.min_stone_area, at the photo's size) are left out of the stone scores and counted."""
     photos, problems, batch = [], [], []
 
     def fail(error):
@@ -250,22 +253,24 @@ def score_folder(inference: Inference, data: Path, pairs: list, threshold: float
         cli.error_line(PROG, error)
         progress.add(1)
 
-    def score(pair, decoded, probability):
-        image, truth, original, full_truth = decoded
+    def score(pair, decoded, maps):
+        image, truth, original, full_truth, true_labels = decoded
+        probability = maps[..., 0]
         predicted = probability >= threshold
         full_predicted = full_size_mask(probability, original, threshold)
         counts = {MODEL: confusion_counts(truth, predicted), ORIGINAL: confusion_counts(full_truth, full_predicted)}
+        smallest = stones.min_stone_area(probability.shape, original)
         instances = None if find_stones is None else \
-            stones.compare_instances(stones.true_stones(full_truth), find_stones(full_predicted))
+            stones.compare_instances(true_labels, find_stones(maps, full_predicted), min_true_area=smallest)
         photo_score = PhotoScore(pair.photo, *original, counts, instances)
         worst.offer(photo_score, image, truth, predicted)
         photos.append(photo_score)
         progress.add(1)
 
     def score_batch():
-        probabilities = inference.probabilities(np.stack([image for _, (image, *_) in batch]))
-        for (pair, decoded), probability in zip(batch, probabilities):
-            score(pair, decoded, probability)
+        all_maps = inference.batch_maps(np.stack([image for _, (image, *_) in batch]))
+        for (pair, decoded), maps in zip(batch, all_maps):
+            score(pair, decoded, maps)
         batch.clear()
 
     depth = 2 * inference.batch_size if inference.batched else 1
@@ -275,7 +280,7 @@ def score_folder(inference: Inference, data: Path, pairs: list, threshold: float
             if isinstance(decoded, io.ImageError):
                 fail(decoded)
             elif not inference.batched:
-                score(pair, decoded, inference.probability(decoded[0]))
+                score(pair, decoded, inference.maps(decoded[0]))
             else:
                 batch.append((pair, decoded))
                 if len(batch) == inference.batch_size:
@@ -286,15 +291,16 @@ def score_folder(inference: Inference, data: Path, pairs: list, threshold: float
 
 
 def _decode_pair(data: Path, pair, size: io.Size):
-    """(photo, mask, original size) at the model's working size, as the record builder makes them, and
-    the mask at its original size. The mask file is read once but decoded twice, on purpose: the
-    working-size truth must come from the records' reduced decode."""
+    """(photo, mask, original size) at the model's working size, as the record builder makes them, the
+    mask at its original size and the true stones there (io.decode_stones). The mask file is read once but
+    decoded more than once, on purpose: the working-size truth must come from the records' reduced decode."""
     image, original = io.read_photo(data / pair.photo, size)
     mask_file = io.read_bytes(data / pair.mask)
     truth, mask_size = io.decode_mask(mask_file, size, str(data / pair.mask))
     io.check_same_size(pair.photo, original, pair.mask, mask_size)
     full_truth, _ = io.decode_mask(mask_file, original, str(data / pair.mask))
-    return image, truth, original, full_truth
+    true_labels, _ = io.decode_stones(mask_file, str(data / pair.mask))
+    return image, truth, original, full_truth, true_labels
 
 
 # ----------------------------------------------------------------------------- the report
@@ -319,16 +325,23 @@ def per_image_csv(photos: list[PhotoScore], resolutions: list[str]) -> bytes:
     return text.getvalue().encode()
 
 
-def instance_summary(photos: list[PhotoScore], mode: str, min_distance: float) -> dict:
+def instance_summary(photos: list[PhotoScore], mode: str, min_distance: float, output: str, working: str) -> dict:
     """metrics.json's "instances": the INSTANCE_KEYS pooled over all photos (summed counts and matches, one
     distribution of all their stones), the count's relative error, and how they were found."""
     pooled = stones.instance_scores([photo.instances for photo in photos])
     true_count, predicted_count = pooled["true_count"], pooled["predicted_count"]
-    how = INSTANCE_MODES[mode] + (f" (seeds {min_distance:g} x the shorter side apart)" if mode == "split" else "")
+    if mode == "regions":
+        how = INSTANCE_MODES[mode]
+    elif output == "binary":
+        how = f"the predicted mask {INSTANCE_MODES[mode]} (seeds {min_distance:g} x the shorter side apart)"
+    else:
+        how = f"{INSTANCE_MODES[mode]}: seeds and boundaries from the network's {output} output"
     return {**pooled,
             "count_relative_error": (predicted_count - true_count) / true_count if true_count else None,
-            "size": "each photo's original size", "predicted": how,
-            "true": "the true mask's 8-connected regions",
+            "size": "each photo's original size", "predicted": how, "output": output,
+            "true": "the true mask's 8-connected regions (or its instance labels)",
+            "left_out": f"true stones smaller than {stones.MIN_STONE_PIXELS} pixels of the working image ({working}), "
+                        "the smallest the network split keeps, are neither found nor missed (true_left_out)",
             "matching": f"one-to-one at IoU >= {stones.MATCH_IOU}",
             "d_values": f"equivalent-circle diameters by {stones.DEFAULT_WEIGHTING}, stones touching the photo's "
                         "edge left out; relative error = (predicted - true) / true"}
@@ -370,7 +383,8 @@ def print_table(metrics: dict) -> None:
     if instances:
         errors = ", ".join(f"{name} {_percent(instances[key])}" for name, key in (
             ("count", "count_relative_error"), ("D50", "d50_relative_error"), ("D80", "d80_relative_error")))
-        print(f"stones at the original size ({instances['predicted']}), pooled: {instances['true_count']} true, "
+        print(f"stones at the original size ({instances['predicted']}), pooled: {instances['true_count']} true "
+              f"({instances['true_left_out']} smaller ones left out), "
               f"{instances['predicted_count']} predicted; precision {instances['precision']:.4f}, recall "
               f"{instances['recall']:.4f}, F1 {instances['f1']:.4f} at IoU >= {stones.MATCH_IOU}; errors: {errors}")
 
@@ -470,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         problems = [str(problem) for problem in inventory.problems]
         for problem in problems:
             cli.error_line(PROG, problem)
-        find_stones = partial(predicted_stones, mode=args.instances, min_distance=args.min_distance)
+        find_stones = partial(predicted_stones, output=inference.output, mode=args.instances,
+                              min_distance=args.min_distance)
         photos, unreadable = score_folder(inference, args.data, inventory.pairs, args.threshold, args.workers, worst,
                                           progress, find_stones)
         problems += unreadable
@@ -493,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         "photos": len(photos),
         "scores": {res: {"size": working if res == MODEL else "each photo's original size",
                          **summary(photos, res)} for res in resolutions},
-        "instances": instance_summary(photos, args.instances, args.min_distance) if args.data is not None else None,
+        "instances": instance_summary(photos, args.instances, args.min_distance, inference.output, working)
+        if args.data is not None else None,
         "worst": [{"file": score.name, "iou": score.ranking_iou()} for score, *_ in worst.sorted()],
         "skipped": problems,
         "conventions": CONVENTIONS,

@@ -12,7 +12,9 @@ two ways, chosen by the model (stoneseg.model.PhotoScale) or by an explicit scal
   is forced, run in overlapping tiles blended with a raised-cosine weight.
 
 The probability map has the working size (the model's input size, or the photo resized by F);
-`full_size_mask` upsamples it bilinearly to the photo's original size and thresholds it. A tiled photo
+`full_size_mask` upsamples it bilinearly to the photo's original size and thresholds it. A model with a
+second output (train --output boundary|distance) gives a second map of the same size beside it: `maps`
+returns both as channels (H, W, 2), channel 0 always the stone probability. A tiled photo
 holds only the photo, its one float32 map and one batch of tiles: tiles are cut, run and blended into
 the map a batch at a time.
 
@@ -54,24 +56,30 @@ def check_model_file(path: Path) -> None:
 
 
 def load_model(path: Path, precision: Precision | None = None) -> keras.Model:
-    """The saved model, loaded with safe_mode=True; it must map images to one probability per pixel.
+    """The saved model, loaded with safe_mode=True; it must map images to one probability per pixel, and
+    may have a second output of stoneseg's (stoneseg.model.model_output) after it.
 
     `precision` (stoneseg.precision): the model computes in it whatever policy it was saved under (its
     input and probabilities stay float32); None keeps the saved policy.
     """
     import keras
 
-    from stoneseg.model import FLOAT32_LAYERS  # also registers our own layers a model file may hold (PhotoScale)
+    from stoneseg.model import FLOAT32_LAYERS, model_output  # also registers our own layers (PhotoScale)
 
     check_model_file(path)
     try:
         model = keras.models.load_model(path, safe_mode=True)
     except Exception as error:  # Keras raises ValueError, TypeError, OSError... for a bad file
         raise InputError(f"{path}: cannot be loaded as a Keras model ({type(error).__name__}: {error})") from None
-    input_shape, output_shape = model.input_shape, model.output_shape
-    if len(input_shape) != 4 or input_shape[-1] != 3 or output_shape[1:] != (*input_shape[1:3], 1):
+    input_shape, output_shapes = model.input_shape, [tuple(tensor.shape) for tensor in model.outputs]
+    try:
+        model_output(model)
+    except ValueError as error:
+        raise InputError(f"{path}: {error}") from None
+    if len(input_shape) != 4 or input_shape[-1] != 3 or any(shape[1:] != (*input_shape[1:3], 1)
+                                                            for shape in output_shapes):
         raise InputError(f"{path}: expected a model from RGB images (N, H, W, 3) to one probability per pixel "
-                         f"(N, H, W, 1), got {input_shape} -> {output_shape}")
+                         f"(N, H, W, 1), got {input_shape} -> {', '.join(map(str, output_shapes))}")
     if precision is not None:
         apply_to_model(model, precision, keep_float32=FLOAT32_LAYERS)
     return model
@@ -96,19 +104,23 @@ def any_size_model(model: keras.Model) -> keras.Model:
 
 
 def run_model(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Probabilities (N, H, W) float32 for images (N, H, W, 3), N <= batch_size.
+    """The maps (N, H, W, C) float32 for images (N, H, W, 3), N <= batch_size: the model's outputs side by
+    side, channel 0 the stone probability (C = 1 for a binary model, 2 with a second output).
 
     A short batch is padded to `batch_size`, so the model's predict function is traced only once.
     """
     count = len(images)
     if count < batch_size:
         images = np.concatenate([images, np.zeros((batch_size - count, *images.shape[1:]), images.dtype)])
-    return np.asarray(model.predict_on_batch(images), np.float32)[:count, ..., 0]
+    outputs = model.predict_on_batch(images)
+    if isinstance(outputs, (list, tuple)):
+        return np.concatenate([np.asarray(output, np.float32)[:count] for output in outputs], axis=-1)
+    return np.asarray(outputs, np.float32)[:count]
 
 
 # ----------------------------------------------------------------------------- one photo, whole or tiled
-def whole_probability(model: keras.Model, image: np.ndarray) -> np.ndarray:
-    """The (H, W) float32 probability map of `image` in one pass of a model that takes any size: the
+def whole_maps(model: keras.Model, image: np.ndarray) -> np.ndarray:
+    """The (H, W, C) float32 maps of `image` in one pass of a model that takes any size (`run_model`): the
     image is mirrored out at the bottom and right to a multiple of OUTPUT_STRIDE, the output cropped back."""
     height, width = image.shape[:2]
     short_y, short_x = -height % OUTPUT_STRIDE, -width % OUTPUT_STRIDE
@@ -147,8 +159,8 @@ def blend_windows(length: int, starts: list[int], tile: int, overlap: int) -> li
     return [(window / total[start:start + len(window)]).astype(np.float32) for start, window in zip(starts, windows)]
 
 
-def tiled_probability(model: keras.Model, photo: np.ndarray, tile: int, overlap: int, batch_size: int) -> np.ndarray:
-    """The (H, W) float32 probability map of `photo` from overlapping `tile` x `tile` tiles.
+def tiled_maps(model: keras.Model, photo: np.ndarray, tile: int, overlap: int, batch_size: int) -> np.ndarray:
+    """The (H, W, C) float32 maps of `photo` (`run_model`) from overlapping `tile` x `tile` tiles.
 
     `model` takes tiles of that size (or any size). Tiles are cut, run `batch_size` at a time and
     blended into the one map, so memory beyond the photo and the map is one batch of tiles. A photo
@@ -159,16 +171,18 @@ def tiled_probability(model: keras.Model, photo: np.ndarray, tile: int, overlap:
     row_windows = blend_windows(height, rows, tile, overlap)
     column_windows = blend_windows(width, columns, tile, overlap)
     positions = [(row, column) for row in range(len(rows)) for column in range(len(columns))]
-    probability = np.zeros((height, width), np.float32)
+    maps = None
     for first in range(0, len(positions), batch_size):
         batch = positions[first:first + batch_size]
         tiles = np.stack([_cut_tile(photo, rows[row], columns[column], tile) for row, column in batch])
-        for (row, column), tile_probability in zip(batch, run_model(model, tiles, batch_size)):
+        for (row, column), tile_maps in zip(batch, run_model(model, tiles, batch_size)):
+            if maps is None:
+                maps = np.zeros((height, width, tile_maps.shape[-1]), np.float32)
             row_window, column_window = row_windows[row], column_windows[column]
             y, x = rows[row], columns[column]
-            weighted = tile_probability[:len(row_window), :len(column_window)] * np.outer(row_window, column_window)
-            probability[y:y + len(row_window), x:x + len(column_window)] += weighted
-    return probability
+            weight = np.outer(row_window, column_window)[..., None]
+            maps[y:y + len(row_window), x:x + len(column_window)] += tile_maps[:len(row_window), :len(column_window)] * weight
+    return maps
 
 
 def _cut_tile(photo: np.ndarray, y: int, x: int, tile: int) -> np.ndarray:
@@ -196,7 +210,7 @@ class Inference:
     def __init__(self, model: keras.Model, scale: float | None = None, tile: int = DEFAULT_TILE,
                  force_tile: bool = False, overlap: int = DEFAULT_TILE_OVERLAP, batch_size: int = 4,
                  name: str = "the model"):
-        from stoneseg.model import model_scale
+        from stoneseg.model import model_output, model_scale
 
         if scale is not None:
             self.scale, self.scale_origin = float(scale), "given"
@@ -214,6 +228,7 @@ class Inference:
         if not 0 <= overlap < tile or tile % OUTPUT_STRIDE:
             raise ValueError(f"tile {tile} must be a multiple of {OUTPUT_STRIDE} and overlap {overlap} in [0, tile)")
         self.model, self.tile, self.force_tile, self.overlap, self.batch_size = model, tile, force_tile, overlap, batch_size
+        self.output = model_output(model)  # "binary", or the second output's kind (stoneseg.stones.stones_of)
         # A squash model runs as it is; a scaled photo can have any size.
         self.network = model if self.scale is None else any_size_model(model)
 
@@ -237,15 +252,23 @@ class Inference:
         """Whether a resized photo of (height, width) runs in tiles."""
         return self.force_tile or height * width > self.whole_limit
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W) float32 maps of up to `batch_size` squashed photos (N, H, W, 3)."""
+    def batch_maps(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W, C) float32 maps (`run_model`) of up to `batch_size` squashed photos (N, H, W, 3)."""
         return run_model(self.network, images, self.batch_size)
 
-    def probability(self, image: np.ndarray) -> np.ndarray:
-        """The (H, W) float32 map of one photo resized by the scale, whole or tiled."""
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W) float32 stone probabilities of up to `batch_size` squashed photos (N, H, W, 3)."""
+        return self.batch_maps(images)[..., 0]
+
+    def maps(self, image: np.ndarray) -> np.ndarray:
+        """The (H, W, C) float32 maps (`run_model`) of one photo resized by the scale, whole or tiled."""
         if self.tiles(*image.shape[:2]):
-            return tiled_probability(self.network, image, self.tile, self.overlap, self.batch_size)
-        return whole_probability(self.network, image)
+            return tiled_maps(self.network, image, self.tile, self.overlap, self.batch_size)
+        return whole_maps(self.network, image)
+
+    def probability(self, image: np.ndarray) -> np.ndarray:
+        """The (H, W) float32 stone probability of one photo resized by the scale, whole or tiled."""
+        return np.ascontiguousarray(self.maps(image)[..., 0])
 
     def describe(self) -> str:
         """How photos are fed, in a few words, for progress lines and reports."""

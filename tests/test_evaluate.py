@@ -443,33 +443,30 @@ def test_a_report_replacement_killed_midway_is_put_back_by_the_next_run(capsys, 
 
 # ----------------------------------------------------------------------------- stones
 def test_instance_scores_by_hand_per_photo_and_pooled(capsys, tmp_path, rectangles):
-    """The RECTANGLES at original size. A: true stones the 32 x 48 rectangle and the stray pixel, the
-    predicted stone the 32 x 64 bright rectangle (IoU 512 / 3072: no match). B: the true 64 x 32 stone
-    and the predicted 64 x 64 one, IoU exactly 0.5: a match; both touch the photo's edge, so B has no
-    D values and the pooled distributions are A's. D50 by area of A's truth: the curve through
-    (diameter of 1 px, 1/1537) and (diameter of 1536 px, 100 %), straight on a log axis."""
+    """The RECTANGLES at original size. A: true stones the 32 x 48 rectangle and the stray pixel, which is
+    smaller than the smallest stone the split keeps (stones.MIN_STONE_PIXELS) and so left out, neither found
+    nor missed; the predicted stone the 32 x 64 bright rectangle (IoU 512 / 3072: no match). B: the true
+    64 x 32 stone and the predicted 64 x 64 one, IoU exactly 0.5: a match; both touch the photo's edge, so B
+    has no D values and the pooled distributions are A's: one stone each, so D50 = D80 = its diameter."""
     data, model = rectangles
     assert run(capsys, model, "--data", data, "--out", tmp_path / "report")[0] == 0
     metrics, rows = read_report(tmp_path / "report")
     diameter = lambda area: math.sqrt(4 * area / math.pi)  # noqa: E731
-    small, large = diameter(1), diameter(1536)
-
-    def true_size(percent):
-        return math.exp(np.interp(percent, [100 / 1537, 100], [math.log(small), math.log(large)]))
-
-    d_errors = [diameter(2048) / true_size(percent) - 1 for percent in (50, 80)]
+    d_error = diameter(2048) / diameter(1536) - 1
     a, b = ({key.removeprefix("instances_"): row[key] for key in row if key.startswith("instances_")} for row in rows)
-    assert [a[key] for key in evaluate.INSTANCE_KEYS[:5]] == ["2", "1", "0.0", "0.0", "0.0"]
-    assert float(a["d50_relative_error"]) == pytest.approx(d_errors[0], abs=1e-6)
-    assert float(a["d80_relative_error"]) == pytest.approx(d_errors[1], abs=1e-6)
-    assert [b[key] for key in evaluate.INSTANCE_KEYS] == ["1", "1", "1.0", "1.0", "1.0", "", ""]
+    assert [a[key] for key in evaluate.INSTANCE_KEYS[:6]] == ["1", "1", "1", "0.0", "0.0", "0.0"]
+    assert float(a["d50_relative_error"]) == pytest.approx(d_error, abs=1e-6)
+    assert float(a["d80_relative_error"]) == pytest.approx(d_error, abs=1e-6)
+    assert [b[key] for key in evaluate.INSTANCE_KEYS] == ["1", "0", "1", "1.0", "1.0", "1.0", "", ""]
     pooled = metrics["instances"]
-    assert {key: pooled[key] for key in ("true_count", "predicted_count")} == {"true_count": 3, "predicted_count": 2}
-    assert (pooled["precision"], pooled["recall"], pooled["f1"]) == pytest.approx((1 / 2, 1 / 3, 2 / 5))
-    assert pooled["count_relative_error"] == pytest.approx(-1 / 3)
-    assert pooled["d50_relative_error"] == pytest.approx(d_errors[0], abs=1e-6)
-    assert pooled["d80_relative_error"] == pytest.approx(d_errors[1], abs=1e-6)
-    assert run(capsys, model, "--data", data, "--out", tmp_path / "again")[1].count("F1 0.4000 at IoU >= 0.5") == 1
+    assert {key: pooled[key] for key in ("true_count", "true_left_out", "predicted_count")} == {
+        "true_count": 2, "true_left_out": 1, "predicted_count": 2}
+    assert (pooled["precision"], pooled["recall"], pooled["f1"]) == pytest.approx((1 / 2, 1 / 2, 1 / 2))
+    assert pooled["count_relative_error"] == pytest.approx(0)
+    assert pooled["d50_relative_error"] == pytest.approx(d_error, abs=1e-6)
+    assert pooled["d80_relative_error"] == pytest.approx(d_error, abs=1e-6)
+    output = run(capsys, model, "--data", data, "--out", tmp_path / "again")[1]
+    assert output.count("F1 0.5000 at IoU >= 0.5") == 1 and "1 smaller ones left out" in output
 
 
 def test_touching_stones_score_only_when_split(capsys, tmp_path):

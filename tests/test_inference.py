@@ -104,13 +104,13 @@ def test_tiled_inference_matches_one_whole_photo_pass_on_a_smooth_model():
     photo = smooth_photo(300, 420)
     model = brightness_model(None, blur=2.0)
     whole = model.predict(photo[None], verbose=0)[0, ..., 0]
-    tiled = inference.tiled_probability(model, photo, tile=128, overlap=32, batch_size=4)
+    tiled = inference.tiled_maps(model, photo, tile=128, overlap=32, batch_size=4)[..., 0]
     assert tiled.shape == whole.shape == (300, 420)
     difference = np.abs(tiled - whole)
     assert difference.mean() < 1e-3 and difference.max() < 0.05  # tile edges count little
     assert np.mean((tiled >= 0.5) == (whole >= 0.5)) > 0.99
     assert 0.2 < np.mean(whole >= 0.5) < 0.8  # the test photo really has both classes
-    padded = inference.whole_probability(model, photo)  # mirrored out to 320 x 448: differs only near the far edges
+    padded = inference.whole_maps(model, photo)[..., 0]  # mirrored out to 320 x 448: differs only near the far edges
     assert padded.shape == (300, 420) and np.abs(padded - whole)[:-8, :-8].max() < 1e-5
 
 
@@ -120,10 +120,10 @@ def test_a_tiled_photo_holds_no_full_size_copy_beyond_its_map():
     tiles at once would show."""
     model = brightness_model(None)
     photo = smooth_photo(600, 800)
-    inference.tiled_probability(model, photo[:128, :128], tile=128, overlap=32, batch_size=2)  # trace once
+    inference.tiled_maps(model, photo[:128, :128], tile=128, overlap=32, batch_size=2)  # trace once
     tracemalloc.start()
     try:
-        probability = inference.tiled_probability(model, photo, tile=128, overlap=32, batch_size=2)
+        probability = inference.tiled_maps(model, photo, tile=128, overlap=32, batch_size=2)[..., 0]  # a view
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

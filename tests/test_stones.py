@@ -448,7 +448,7 @@ def test_pooled_scores_and_d_errors():
     assert (pooled["true_count"], pooled["predicted_count"]) == (4, 3)
     assert pooled["recall"] == pytest.approx(3 / 4) and pooled["precision"] == 1.0
     assert pooled["f1"] == pytest.approx(2 * 3 / 7)
-    assert set(pooled) == {"true_count", "predicted_count", "precision", "recall", "f1", "d50_relative_error",
+    assert set(pooled) == {"true_count", "true_left_out", "predicted_count", "precision", "recall", "f1", "d50_relative_error",
                            "d80_relative_error"}
 
 
@@ -457,7 +457,7 @@ def test_scores_of_empty_photos():
     some = nothing.copy()
     some[2:5, 2:5] = 1
     assert stones.instance_scores(stones.compare_instances(nothing, nothing)) == {
-        "true_count": 0, "predicted_count": 0, "precision": 1.0, "recall": 1.0, "f1": 1.0,
+        "true_count": 0, "true_left_out": 0, "predicted_count": 0, "precision": 1.0, "recall": 1.0, "f1": 1.0,
         "d50_relative_error": None, "d80_relative_error": None}
     missed = stones.instance_scores(stones.compare_instances(some, nothing))
     assert (missed["precision"], missed["recall"], missed["f1"], missed["d50_relative_error"]) == (1.0, 0.0, 0.0, None)
