@@ -2,7 +2,8 @@
 --format saved_model|litert|onnx --out PATH --photo PHOTO...`.
 
 All three formats hold the same serving function: uint8 RGB images `images` [N, H, W, 3] in, float32
-stone probabilities `probabilities` [N, H, W, 1] out. It is written as a SavedModel by Keras'
+stone probabilities `probabilities` [N, H, W, 1] out, and for a model with a second output (train --output
+boundary|distance) that output's map under its own name (`boundary` or `distance`) [N, H, W, 1] beside them. It is written as a SavedModel by Keras'
 ExportArchive, converted from that SavedModel to LiteRT by the TFLite converter (what Keras'
 `model.export(format="litert")` does, with builtin ops only, so no Flex delegate is needed on a device)
 and to ONNX by tf2onnx (what `model.export(format="onnx")` does). `model.export` itself exports the
@@ -101,8 +102,17 @@ def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- writing each format
+def output_names(model) -> list[str]:
+    """The serving function's outputs, in the model's order: OUTPUT_NAME, then the second output's kind."""
+    from stoneseg.model import model_output
+
+    kind = model_output(model)
+    return [OUTPUT_NAME] + ([] if kind == "binary" else [kind])
+
+
 def serving_function(model, input_size: tuple[int, int] | None):
-    """The function every format holds, and its input signature: uint8 images in, probabilities out."""
+    """The function every format holds, and its input signature: uint8 images in, probabilities (and a
+    second output's map) out."""
     import tensorflow as tf
 
     height, width = input_size or (None, None)
@@ -112,8 +122,10 @@ def serving_function(model, input_size: tuple[int, int] | None):
         if input_size is None:  # a clear error instead of a shape clash deep inside the decoder
             tf.debugging.assert_equal(tf.shape(images)[1:3] % OUTPUT_STRIDE, 0, message=(
                 f"{INPUT_NAME}: height and width must be multiples of {OUTPUT_STRIDE}"))
-        return {OUTPUT_NAME: model(tf.cast(images, tf.float32), training=False)}
+        maps = model(tf.cast(images, tf.float32), training=False)
+        return dict(zip(names, maps if isinstance(maps, (list, tuple)) else [maps]))
 
+    names = output_names(model)
     return serve, spec
 
 
@@ -171,26 +183,32 @@ def write_artifact(model, format: str, path: Path, input_size, quantize: str | N
 
 
 # ----------------------------------------------------------------------------- loading each format back
-def open_artifact(format: str, path: Path, threads: int | None = None):
-    """The artifact loaded by its own runtime, as a function: uint8 images (N, H, W, 3) -> float32
-    probabilities (N, H, W, 1). `threads`: CPU threads for LiteRT and ONNX Runtime (their default if None)."""
+def open_artifact(format: str, path: Path, threads: int | None = None, outputs=(OUTPUT_NAME,)):
+    """The artifact loaded by its own runtime, as a function: uint8 images (N, H, W, 3) -> float32 maps
+    (N, H, W, len(outputs)), the named `outputs` side by side (`output_names`). `threads`: CPU threads for
+    LiteRT and ONNX Runtime (their default if None)."""
+    outputs = list(outputs)
     if format == "saved_model":
         import tensorflow as tf
 
         signature = tf.saved_model.load(str(path)).signatures[SIGNATURE]
-        return lambda images: signature(**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
+
+        def run(images):
+            maps = signature(**{INPUT_NAME: tf.constant(images)})
+            return np.concatenate([maps[name].numpy() for name in outputs], axis=-1)
+        return run
     if format == "litert":
         from ai_edge_litert.interpreter import Interpreter
 
         runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner(SIGNATURE)
-        return lambda images: runner(**{INPUT_NAME: images})[OUTPUT_NAME]
+        return lambda images: np.concatenate([runner(**{INPUT_NAME: images})[name] for name in outputs], axis=-1)
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda images: session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+    return lambda images: np.concatenate(session.run(outputs, {INPUT_NAME: images}), axis=-1)
 
 
 
@@ -239,7 +257,9 @@ def verify(model, exported, photos: list[Path], images: list[np.ndarray], quanti
     agreements = []
     for photo, image in zip(photos, images):
         batch = image[None]
-        reference = np.asarray(model(batch.astype(np.float32), training=False))  # eager: photo sizes may differ
+        maps = model(batch.astype(np.float32), training=False)  # eager: photo sizes may differ
+        reference = np.concatenate([np.asarray(m) for m in (maps if isinstance(maps, (list, tuple)) else [maps])],
+                                   axis=-1)
         agreement = compare(reference, exported(batch))
         agreements.append(agreement)
         print(f"  {photo.name}: {image.shape[1]}x{image.shape[0]}, max |difference| {agreement.max_abs_diff:.2e}, "
@@ -256,7 +276,14 @@ def verify(model, exported, photos: list[Path], images: list[np.ndarray], quanti
 
 
 # ----------------------------------------------------------------------------- what travels with the export
-def describe(args: argparse.Namespace, scale: float | None, input_size, verified: Agreement) -> dict:
+SECOND_OUTPUT_VALUES = {
+    "boundary": "probability 0-1 that the pixel is on a stone's boundary band (its rim or a gap between stones)",
+    "distance": "the pixel's distance to its stone's edge over the stone's largest, 0-1 (0 on the background)",
+}
+
+
+def describe(args: argparse.Namespace, scale: float | None, input_size, verified: Agreement,
+             outputs=(OUTPUT_NAME,)) -> dict:
     """The JSON that travels with the export: its interface, how to resize photos for it, its check."""
     height, width = input_size or (None, None)
     if scale is None:
@@ -275,6 +302,9 @@ def describe(args: argparse.Namespace, scale: float | None, input_size, verified
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [None, height, width, 3], "values": "RGB 0-255"},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [None, height, width, 1],
                    "values": "stone probability 0-1"},
+        "second_output": None if len(outputs) == 1 else {
+            "name": outputs[1], "dtype": "float32", "shape": [None, height, width, 1],
+            "values": SECOND_OUTPUT_VALUES[outputs[1]]},
         "quantize": args.quantize,
         "verified": {"photos": [photo.name for photo in args.photo], **asdict(verified)},
     }
@@ -395,9 +425,11 @@ def main(argv: list[str] | None = None) -> int:
         write_artifact(model, args.format, staging, input_size, args.quantize)
         print(f"Written in {time.perf_counter() - started:.0f} s; verifying it with its own runtime on "
               f"{len(images)} photo(s):", flush=True)
-        verified = verify(model, open_artifact(args.format, staging), args.photo, images, args.quantize is not None)
+        outputs = output_names(model)
+        verified = verify(model, open_artifact(args.format, staging, outputs=outputs), args.photo, images,
+                          args.quantize is not None)
         staging_metadata.parent.mkdir(exist_ok=True)
-        staging_metadata.write_text(json.dumps(describe(args, scale, input_size, verified), indent=2) + "\n")
+        staging_metadata.write_text(json.dumps(describe(args, scale, input_size, verified, outputs), indent=2) + "\n")
     print(f"Wrote {args.out} ({file_size(args.out) / 1e6:.1f} MB) and {metadata_path(args.format, args.out)} in "
           f"{time.perf_counter() - started:.0f} s")
     return 0

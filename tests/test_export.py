@@ -183,7 +183,7 @@ def test_an_export_that_disagrees_is_not_published(capsys, monkeypatch, tmp_path
         (path.mkdir(exist_ok=True) if format == "saved_model" else path.write_bytes(b"stand-in"))
         write_stand_in.model = model
 
-    def open_shifted(format, path, threads=None):
+    def open_shifted(format, path, threads=None, outputs=("probabilities",)):
         return lambda images: np.asarray(write_stand_in.model(images.astype(np.float32))) + 2e-4
 
     monkeypatch.setattr(export, "write_artifact", write_stand_in)
@@ -257,6 +257,27 @@ def test_saved_model_of_a_scale_model_takes_any_multiple_of_32_and_carries_the_s
     status, _, err = run(capsys, scale_model, "--format", "saved_model", "--out", out, "--photo", photo, "--overwrite")
     assert status == 0, err
     assert no_leftovers(tmp_path) and (out / "saved_model.pb").is_file()
+
+
+def test_a_model_with_a_second_output_exports_both_maps_by_name(capsys, tmp_path, photo):
+    """A distance model (train --output distance): the signature gives the stone probability and the distance,
+    each checked against Keras, and the description names the second output."""
+    keras.utils.set_random_seed(3)
+    model_path = tmp_path / "distance.keras"
+    build_unet((None, None, 3), scale=SCALE, output="distance").save(model_path)
+    out = tmp_path / "stones"
+    status, out_text, err = run(capsys, model_path, "--format", "saved_model", "--out", out, "--photo", photo)
+    assert status == 0, err
+    serve = tf.saved_model.load(str(out)).signatures["serving_default"]
+    assert sorted(serve.structured_outputs) == ["distance", "probabilities"]
+    image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), np.uint8)
+    exported = serve(images=tf.constant(image[None]))
+    probabilities, distance = keras.models.load_model(model_path)(image[None].astype(np.float32), training=False)
+    np.testing.assert_allclose(exported["probabilities"].numpy(), probabilities, atol=1e-6)
+    np.testing.assert_allclose(exported["distance"].numpy(), distance, atol=1e-6)
+    assert not np.allclose(probabilities, distance)  # two different maps, not one twice
+    description = json.loads((out / "assets.extra" / "stoneseg.json").read_text())
+    assert description["second_output"]["name"] == "distance" and "edge" in description["second_output"]["values"]
 
 
 @needs_litert
