@@ -293,8 +293,8 @@ BOUNDARY_SEED_LEVEL = 0.5
 DISTANCE_SEED_LEVEL = 0.5
 SEED_LEVELS = {"boundary": BOUNDARY_SEED_LEVEL, "distance": DISTANCE_SEED_LEVEL}
 # A core of fewer working pixels than this is no seed (a ragged edge or a speck of the maps, not a stone's core).
-# With perfect maps of stones20's train and val photos (see stoneseg.targets.BOUNDARY_WIDTH) the boundary
-# split's F1 was 0.931 / 0.954 / 0.939 at 4 / 8 / 16 pixels, the distance split's 0.986 / 0.988 / 0.961.
+# With perfect maps of stones20's train and val photos (python -m bench.split_targets) the boundary split's F1
+# was 0.931 / 0.954 / 0.939 at 4 / 8 / 16 pixels, the distance split's 0.986 / 0.988 / 0.961.
 MIN_SEED_PIXELS = 8
 
 
