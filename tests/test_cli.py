@@ -167,7 +167,7 @@ def test_a_text_file_given_as_a_photo_is_named_once_and_nothing_is_written(place
 
 def rebuild(places, tiny_photos):
     return (f"Rebuild the records: python -m tools.build_records --data {tiny_photos} --out {places / 'damaged'} "
-            "--size 64 --val-fraction 0.2 --test-fraction 0.0 --seed 42 --overwrite")
+            "--size 64 --boundary-width 1 --val-fraction 0.2 --test-fraction 0.0 --seed 42 --overwrite")
 
 
 def test_a_damaged_shard_found_while_training_is_named(places, tiny_photos):
