@@ -55,10 +55,12 @@ OVERLAY_QUALITY = 90
 class OutputSettings:
     """What a photo's outputs depend on beyond its mask (each field is the command's option of that name):
     out, the folder; threshold, stone where the probability is at least this; overlay, also write
-    NAME_overlay.jpg; mm_per_pixel, millimetre columns and D values in mm; min_distance, watershed seeds
-    this share of the shorter side apart; weighting and include_edge, how stones count in a distribution;
+    NAME_overlay.jpg; mm_per_pixel, millimetre columns and D values in mm; min_distance, a binary model's
+    watershed seeds this share of the shorter side apart; weighting and include_edge, how stones count in a distribution;
     percents, the D values reported (--percentiles); ci, their confidence intervals' level; bootstrap, the
-    resamples they come from (0: no intervals); seed, the bootstrap's seed."""
+    resamples they come from (0: no intervals); seed, the bootstrap's seed; output, the model's kind (stoneseg.model.model_output): "binary"
+    splits the mask by its geometry, "boundary" and "distance" follow the network's second map
+    (stoneseg.stones.stones_of)."""
     out: Path
     threshold: float
     overlay: bool
@@ -70,6 +72,7 @@ class OutputSettings:
     ci: float = stones.DEFAULT_LEVEL
     bootstrap: int = stones.DEFAULT_RESAMPLES
     seed: int = stones.DEFAULT_SEED
+    output: str = "binary"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **given) -> OutputSettings:
@@ -210,24 +213,31 @@ def d_columns(values: stones.SizeValues) -> tuple[tuple[str, float | None], ...]
 
 
 # ----------------------------------------------------------------------------- masks, stones and a photo's files
-def find_stones(path: str | Path, mask: np.ndarray, settings: OutputSettings) -> tuple[np.ndarray, stones.StoneTable]:
-    """One photo's full-size mask split into stones (uint16 labels) and measured (--min-distance,
-    --mm-per-pixel). A mask with no background at all is an io.ImageError naming the photo."""
+def find_stones(path: str | Path, mask: np.ndarray, settings: OutputSettings,
+                maps: np.ndarray | None = None) -> tuple[np.ndarray, stones.StoneTable]:
+    """One photo's full-size mask split into stones (uint16 labels) and measured (--mm-per-pixel): by the
+    mask's geometry for a binary model (--min-distance), else along the network's working-resolution `maps`
+    (stoneseg.stones.stones_of). A mask with no background at all is an io.ImageError naming the photo."""
     try:
-        labels, boxes = stones.split_stones(mask, settings.min_distance * min(mask.shape), return_boxes=True)
+        if settings.output == "binary":
+            labels, boxes = stones.split_stones(mask, settings.min_distance * min(mask.shape), return_boxes=True)
+        else:
+            labels, boxes = stones.stones_of(maps, mask, settings.output, threshold=settings.threshold), None
     except ValueError as error:
         raise io.ImageError(str(path), f"cannot split the predicted mask into stones: {error}") from None
     return labels, stones.measure_stones(labels, settings.mm_per_pixel, boxes)
 
 
-def finish_photo(path: str | Path, probability: np.ndarray, original: tuple[int, int], settings: OutputSettings,
+def finish_photo(path: str | Path, maps: np.ndarray, original: tuple[int, int], settings: OutputSettings,
                  photo: np.ndarray | None = None) -> tuple[Prediction, stones.StoneTable]:
-    """Upsample and threshold one photo's probabilities, then `write_outputs`."""
-    return write_outputs(path, full_size_mask(probability, original, settings.threshold), settings, photo)
+    """Upsample and threshold one photo's stone probability (channel 0 of its (H, W, C) `maps`), then
+    `write_outputs`."""
+    mask = full_size_mask(np.ascontiguousarray(maps[..., 0]), original, settings.threshold)
+    return write_outputs(path, mask, settings, photo, maps)
 
 
-def write_outputs(path: str | Path, mask: np.ndarray, settings: OutputSettings,
-                  photo: np.ndarray | None = None) -> tuple[Prediction, stones.StoneTable]:
+def write_outputs(path: str | Path, mask: np.ndarray, settings: OutputSettings, photo: np.ndarray | None = None,
+                  maps: np.ndarray | None = None) -> tuple[Prediction, stones.StoneTable]:
     """Split and measure one photo's full-size 0/255 mask, write its files to the output folder, return its
     row and its stone table (for the run's pooled distribution). Nothing is written for a mask that cannot
     be split.
@@ -236,7 +246,7 @@ def write_outputs(path: str | Path, mask: np.ndarray, settings: OutputSettings,
     a second decode of the file, on purpose: the model's input must come from the reduced decode the
     records were made with, and only the overlay needs every pixel.
     """
-    labels, table = find_stones(path, mask, settings)
+    labels, table = find_stones(path, mask, settings, maps)
     return write_photo(path, mask, labels, table, settings, photo), table
 
 

@@ -76,7 +76,7 @@ class Run:
 
     def __init__(self, inference: Inference, args: argparse.Namespace, photos: list[Path]):
         self.inference, self.args, self.photos = inference, args, photos
-        self.settings = outputs.OutputSettings.from_args(args)
+        self.settings = outputs.OutputSettings.from_args(args, output=inference.output)
         self.decoders = ThreadPoolExecutor(args.workers, thread_name_prefix="decode")
         self.writers = ThreadPoolExecutor(args.workers, thread_name_prefix="write")
         self.finishing = deque()
@@ -115,9 +115,9 @@ class Run:
             self._run_batch(batch)
 
     def _run_batch(self, batch):
-        probabilities = self.inference.probabilities(np.stack([image for _, image, _ in batch]))
-        for (path, _, original), probability in zip(batch, probabilities):
-            self._submit(path, outputs.finish_photo, path, probability, original, self.settings,
+        maps = self.inference.batch_maps(np.stack([image for _, image, _ in batch]))
+        for (path, _, original), photo_maps in zip(batch, maps):
+            self._submit(path, outputs.finish_photo, path, photo_maps, original, self.settings,
                          in_flight=self.args.workers)
 
     def _predict_one_by_one(self):
@@ -132,12 +132,16 @@ class Run:
             image, original = decoded
             del decoded
             tiled = self.inference.tiles(*image.shape[:2])
-            mask = full_size_mask(self.inference.probability(image), original, self.args.threshold)  # map freed
+            maps = self.inference.maps(image)
+            mask = full_size_mask(np.ascontiguousarray(maps[..., 0]), original, self.args.threshold)
+            # A network split needs its working-resolution maps; a binary model's are freed here.
+            maps = maps if self.inference.output != "binary" else None
             # At scale 1 the decoded photo is the full-resolution one an overlay needs.
             photo = image if self.args.overlay and image.shape[:2] == original else None
             del image
-            self._submit(path, outputs.write_outputs, path, mask, self.settings, photo, in_flight=0 if tiled else 1)
-            del mask, photo
+            self._submit(path, outputs.write_outputs, path, mask, self.settings, photo, maps,
+                         in_flight=0 if tiled else 1)
+            del mask, photo, maps
 
     def _submit(self, path, finish, *arguments, in_flight):
         """Hand a photo to the writers (`finish`: outputs.finish_photo or write_outputs), keeping at most `in_flight`
@@ -193,9 +197,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="INPUT: photos, or folders whose .jpg/.jpeg/.png files (any case) are predicted, except names "
                "ending in _label, _mask, _overlay, _instances or _sizes. A photo that cannot be read gets one "
                "error line and the others go on; the exit status is then 1. Outputs that exist already stop the "
-               "run before anything is written, unless --overwrite. Stones: touching stones are separated by a "
-               "distance-transform watershed (seeds --min-distance apart, pieces joined by a wide neck merged "
-               f"back); stones smaller than {stones.MIN_STONE_FRACTION:.2%} of the photo are dropped. stone_count "
+               "run before anything is written, unless --overwrite. Stones: a model with a boundary or distance "
+               "output splits touching stones where it predicts them apart (seeds are the cores its second map "
+               f"marks, of at least {stones.MIN_SEED_PIXELS} working pixels, flooded up to its predicted "
+               f"boundaries; stones under {stones.MIN_STONE_PIXELS} working pixels, 8/F^2 photo pixels at scale "
+               "F, are dropped). A binary model's mask is split by a distance-transform watershed (seeds "
+               "--min-distance apart, pieces joined by a wide neck merged back; stones smaller than "
+               f"{stones.MIN_STONE_FRACTION:.2%} of the photo are dropped). stone_count "
                "counts every stone found, edge stones included. D values (D10, D50, D80 unless --percentiles): "
                "the diameters that 10, 50, 80 % of the material is finer than, read off the cumulative curve of "
                "equivalent-circle diameters, by default weighted by stone AREA (as a sieve weighs by mass, taking "
@@ -224,8 +232,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mm-per-pixel", type=float, default=None, metavar="MM",
                         help="the photos' resolution: adds millimetre columns and gives D values in mm")
     parser.add_argument("--min-distance", type=float, default=stones.MIN_DISTANCE_FRACTION, metavar="FRACTION",
-                        help="watershed seeds at least this share of the photo's shorter side apart (smaller splits "
-                             "more)")
+                        help="a binary model's watershed seeds at least this share of the photo's shorter side apart "
+                             "(smaller splits more; a boundary or distance model ignores it)")
     parser.add_argument("--weighting", choices=stones.WEIGHTINGS, default=stones.DEFAULT_WEIGHTING,
                         help="how stones weigh in the size distribution and D values")
     parser.add_argument("--include-edge", action="store_true",
@@ -306,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"none of the {len(photos)} photo(s) could be predicted (each is named above); "
                          "nothing was written")
     rows, tables = zip(*done)
-    settings = outputs.OutputSettings.from_args(args)
+    settings = outputs.OutputSettings.from_args(args, output=inference.output)
     pooled = outputs.write_run(args.out, list(rows), list(tables), settings)
     elapsed = time.perf_counter() - started
     print(f"Wrote {len(rows)} mask(s), stone tables{' and overlays' if args.overlay else ''}, {outputs.PREDICTIONS_CSV} and "

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 from jpeg_exif import with_exif_orientation
-from tiny_models import brightness_model
+from tiny_models import brightness_model, distance_model
 
 from stoneseg import inference, outputs, predict, stones
 from stoneseg.model import build_unet
@@ -484,3 +484,58 @@ def test_mm_per_pixel_must_be_positive(capsys, tmp_path, value):
     assert stopped.value.code != 0 and "Traceback" not in stderr
     assert [line for line in stderr.splitlines() if "error" in line] == [
         f"python -m stoneseg.predict: error: --mm-per-pixel must be greater than 0, got {float(value):g}"]
+
+
+# ----------------------------------------------------------------------------- instance outputs (issue 18)
+def discs_photo(height=200, width=240):
+    """Bright discs (220) on a dark ground (30), each at least 40 px from the photo's edge: two touching
+    pairs of radius 24 (centres 46 apart), two single discs of radius 20 and 28, and a tiny disc of
+    radius 2. Returns the photo and the number of stones drawn."""
+    photo = np.full((height, width, 3), 30, np.uint8)
+    for x, y, radius in ((64, 64, 24), (110, 64, 24), (80, 140, 24), (126, 140, 24), (190, 70, 20),
+                         (185, 145, 28), (160, 105, 2)):
+        cv2.circle(photo, (x, y), radius, (220, 220, 220), -1)
+    return photo, 7
+
+
+def test_a_distance_model_splits_along_its_map_and_a_mosaic_of_four_gives_four_times_the_stones(capsys, tmp_path):
+    """Issue 18's invariance: the same stones in one photo and in a 2 x 2 mosaic of it, both in 128 px tiles,
+    give 4 x the count and the same D50 (within 2 %), the tiny disc included: the network split's settings
+    are in pixels, not shares of the photo."""
+    model = tmp_path / "distance.keras"
+    distance_model(None, scale=1.0).save(model)
+    photo, drawn = discs_photo()
+    cv2.imwrite(str(tmp_path / "one.png"), photo)
+    cv2.imwrite(str(tmp_path / "four.png"), np.concatenate([np.concatenate([photo, photo], 1)] * 2, 0))
+    rows = {}
+    for name in ("one", "four"):
+        out = tmp_path / f"out-{name}"
+        assert run(capsys, model, tmp_path / f"{name}.png", "--out", out, "--tile", "128", "--tile-overlap", "32", "--weighting", "count",
+                   "--include-edge")[0] == 0
+        rows[name], = read_rows(out)
+    assert int(rows["one"]["stone_count"]) == drawn  # both touching pairs split, the tiny disc kept whole
+    assert int(rows["four"]["stone_count"]) == 4 * drawn
+    assert float(rows["four"]["d50_px"]) == pytest.approx(float(rows["one"]["d50_px"]), rel=0.02)
+
+    labels = stones.decode_instances_png((tmp_path / "out-one" / "one_instances.png").read_bytes())
+    pairs = ((64, 64), (110, 64)), ((80, 140), (126, 140))
+    for (x1, y1), (x2, y2) in pairs:
+        assert labels[y1, x1] and labels[y2, x2] and labels[y1, x1] != labels[y2, x2]
+    # The geometric split's minimum (a share of the photo) would not have kept the tiny disc of ~13 px
+    # in the mosaic; the network split does, as a stone of its own.
+    assert labels[105, 160] and (labels == labels[105, 160]).sum() < 30
+
+
+def test_an_old_binary_keras_file_predicts_as_before(capsys, tmp_path, model_full):
+    """A model with one output (as every model saved before instance outputs) keeps the geometric split:
+    its instances are exactly stones.split_stones of its mask with --min-distance's default."""
+    assert inference.Inference(keras.saving.load_model(model_full)).output == "binary"
+    photo, _ = discs_photo()
+    cv2.imwrite(str(tmp_path / "discs.png"), photo)
+    out = tmp_path / "out"
+    assert run(capsys, model_full, tmp_path / "discs.png", "--out", out)[0] == 0
+    mask = read_mask(out / "discs_mask.png")
+    expected = stones.split_stones(mask, stones.MIN_DISTANCE_FRACTION * min(mask.shape))
+    labels = stones.decode_instances_png((out / "discs_instances.png").read_bytes())
+    np.testing.assert_array_equal(labels, expected)
+    assert int(read_rows(out)[0]["stone_count"]) == expected.max()
