@@ -13,7 +13,11 @@ On the sample photos in data/sample (written by tools.make_sample if missing), w
     it sees (an untrained network's noise would time the split on nothing like stones). Then end to end: stoneseg.predict's pipeline, where decoding and writing overlap the model (the
     model loaded beforehand, as it is once per run); the median of --repeats runs, without and with
     --overlay, and with masks and overlays on the 20 stones20 photos (512 to 2000 px) when they are there.
-    Target: decode takes less than the model step.
+    Target: decode takes less than the model step. Beside the split, the network split of a boundary and of
+    a distance model (stones.stones_of on the maps a model right about every pixel would give: the true
+    stones' targets, stoneseg.targets.records_targets, at 256x256, brought back to the full-size mask),
+    and the same at scale 0.5's working resolution (1728x2403) against a scale-0.5 UNet's model step on
+    one photo, tiled as predict runs it. Target: the network split is not the slowest stage.
 (2) every kind in --kinds, each in a process of its own so that peaks do not mix: squash256, and scaleF
     (a model of any input size carrying scale F; photos resized by F, whole or tiled as
     stoneseg.inference decides: at 3456x4806, 0.25 runs whole, 0.5 and 1 in 512x512 tiles). Each process
@@ -44,7 +48,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from bench.machine import describe  # noqa: E402
-from stoneseg import inference, io, outputs, predict, stones  # noqa: E402
+from stoneseg import inference, io, outputs, predict, stones, targets  # noqa: E402
 from stoneseg.precision import Precision  # noqa: E402
 from stoneseg.model import build_unet  # noqa: E402
 from tools.make_sample import write_sample  # noqa: E402
@@ -59,6 +63,8 @@ STAGE_HELP = {"decode": f"io.read_photo: DCT-reduced decode + area resize to {SI
               "network": "the model step, per photo of a batch",
               "full-size mask": "bilinear upsample to the photo's size + threshold",
               "split": "stones.split_stones: watershed at <= 0.5 Mpx, labels fitted back",
+              "split (boundary)": "stones.stones_of of a boundary model's maps at 256x256, to full size",
+              "split (distance)": "stones.stones_of of a distance model's maps at 256x256, to full size",
               "measure": "stones.measure_stones with the split's boxes",
               "write": "mask PNG, 16-bit instances PNG, stones CSV, size curve PNG, atomic writes",
               "overlay": "full-resolution decode, draw_stones, JPEG"}
@@ -185,6 +191,34 @@ def main() -> None:
         compare_kinds(kinds, photos[:args.kind_photos], args.batch_size)
 
 
+NETWORK_SPLITS = ("split (boundary)", "split (distance)")
+
+
+def perfect_maps(photo: Path, size: tuple[int, int], truth: np.ndarray) -> dict[str, np.ndarray]:
+    """{"split (boundary)": maps, "split (distance)": maps}: (H, W, 2) float32 maps of `size` that a model right
+    about every pixel would give, from the photo's true stones (its _label.jpg) and `truth` (its {0, 1} mask
+    at `size`)."""
+    mask_path = photo.with_name(photo.stem + "_label.jpg")
+    labels, _ = io.decode_stones(mask_path.read_bytes(), str(mask_path))
+    wanted = targets.records_targets(labels, size, truth)
+    return {stage: np.dstack([truth.astype(np.float32), wanted[stage.split("(")[1][:-1]] / scale]).astype(np.float32)
+            for stage, scale in zip(NETWORK_SPLITS, (1, targets.DISTANCE_LEVELS))}
+
+
+def time_network_split_at_scale(photo: Path, batch_size: int, scale: float = 0.5) -> None:
+    """The network split at a scale model's working resolution against that model's step on one photo."""
+    image, original = io.read_photo(photo, io.Scale(scale))
+    unet = inference.Inference(build_unet((None, None, 3), scale=scale), batch_size=batch_size)
+    unet.maps(image[:512, :512])  # trace
+    step = seconds(lambda: unet.maps(image))
+    truth, _ = io.read_mask(photo.with_name(photo.stem + "_label.jpg"), io.Scale(scale))
+    mask = inference.full_size_mask(truth.astype(np.float32), original, 0.5)
+    for stage, maps in perfect_maps(photo, truth.shape, truth).items():
+        split = seconds(lambda: stones.stones_of(maps, mask, stage.split("(")[1][:-1]))
+        print(f"  at scale {scale:g} ({image.shape[1]}x{image.shape[0]} working pixels): {stage} {split:.3f} s, "
+              f"the model step {step:.2f} s ({unet.describe()}); split / model step = {split / step:.4f}")
+
+
 def time_squash_stages(photos: list[Path], batch_size: int, repeats: int) -> None:
     """(1): the squash model's stages alone and the pipeline end to end."""
     model = build_unet((SIZE, SIZE, 3))
@@ -207,7 +241,7 @@ def time_squash_stages(photos: list[Path], batch_size: int, repeats: int) -> Non
             model_times.append(seconds(lambda: inference.run_model(model, batch, batch_size)) / len(batch))
         # The untrained network's map is noise; the finishing stages get what a model right about every
         # pixel it sees at 256x256 would give: the sample's true mask area-resized to 256x256.
-        stage_times = {stage: [] for stage in STAGES[2:] + ("overlay",)}
+        stage_times = {stage: [] for stage in STAGES[2:] + NETWORK_SPLITS + ("overlay",)}
 
         def timed(stage, run):
             started = time.perf_counter()
@@ -225,6 +259,8 @@ def time_squash_stages(photos: list[Path], batch_size: int, repeats: int) -> Non
             timed("write", lambda: outputs.write_photo(photo, mask, labels, table, settings))
             timed("overlay", lambda: io.encode_jpeg(stones.draw_stones(io.read_photo_full(photo), labels),
                                                     outputs.OVERLAY_QUALITY))
+            for stage, maps in perfect_maps(photo, (SIZE, SIZE), truth).items():
+                timed(stage, lambda: stones.stones_of(maps, mask, stage.split("(")[1][:-1]))
 
         model_path = scratch / "unet.keras"
         model.save(model_path)
@@ -244,6 +280,10 @@ def time_squash_stages(photos: list[Path], batch_size: int, repeats: int) -> Non
         slowest = max(STAGES, key=medians.get)
         print(f"slowest stage: {slowest}; split / slowest other stage = "
               f"{medians['split'] / max(medians[stage] for stage in STAGES if stage != 'split'):.2f}")
+        for stage in NETWORK_SPLITS:
+            print(f"  {stage:<16}{medians[stage]:7.3f} s  ({STAGE_HELP[stage]}); / slowest other stage = "
+                  f"{medians[stage] / max(medians[other] for other in STAGES if other != 'split'):.2f}")
+        time_network_split_at_scale(photos[0], batch_size)
         print(f"end to end, stoneseg.predict's pipeline, stages overlapping (model loaded; median of {repeats} runs):")
         for overlay, times in runs.items():
             print(f"  masks{' and overlays' if overlay else '             '}  {statistics.median(times):.3f} s/photo  "
